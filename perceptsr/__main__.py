@@ -1,0 +1,5 @@
+import sys
+
+from perceptsr.cli import main
+
+sys.exit(main())

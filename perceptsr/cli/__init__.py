@@ -1,0 +1,51 @@
+"""The ``perceptsr`` command line: one small module per subcommand, imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under perceptsr.cli, one-line description). Each module defines
+# ``add_arguments(parser)`` and ``run(args) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perceptsr",
+        description="Perceptual image super-resolution: RankSRGAN, EA-Adam and calibrated SR metrics.",
+    )
+    from perceptsr import __version__
+
+    parser.add_argument("--version", action="version", version=f"perceptsr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, (module_name, summary) in COMMANDS.items():
+        sub.add_parser(name, help=summary, description=summary, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name = argv[0]
+    module_name, summary = COMMANDS[name]
+    module = importlib.import_module(f"perceptsr.cli.{module_name}")
+    command_parser = argparse.ArgumentParser(prog=f"perceptsr {name}", description=summary)
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(argv[1:])
+    from perceptsr.errors import PerceptsrError
+
+    try:
+        return int(module.run(args) or 0)
+    except PerceptsrError as exc:
+        print(f"perceptsr {name}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
