@@ -9,6 +9,11 @@ import sys
 # name -> (module under perceptsr.cli, one-line description). Each module defines
 # ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "train a model from a YAML config (PSNR objective), with resume and torchrun DDP"),
+    "upscale": ("upscale", "super-resolve an image or a folder with a checkpoint (tiled, batched)"),
+    "metric": ("metric", "compute an image-quality metric on images or folders (PSNR, SSIM, NIQE, ...)"),
+    "convert": ("convert", "convert a checkpoint (.pth, old layouts) to the native safetensors format"),
+    "assets": ("assets", "list, fetch and verify weight and parameter files (assets)"),
 }
 
 

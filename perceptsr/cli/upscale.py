@@ -1,0 +1,88 @@
+"""``perceptsr upscale``: super-resolve an image file or a folder of images to PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _tile(value: str):
+    """``auto``, or a tile size in LR pixels (``0`` = whole images, no tiling)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of pixels, got {value!r}") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"tile must be >= 0 (0 = no tiling), got {size}")
+    return size or None
+
+
+def _int_at_least(minimum: int):
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="generator checkpoint (native .safetensors or legacy .pth)")
+    parser.add_argument("--input", required=True, help="an image file, or a folder (all its images, sorted)")
+    parser.add_argument("--output", required=True, help="folder for the PNG results (created if missing)")
+    parser.add_argument(
+        "--tile", type=_tile, default="auto",
+        help="tile size in LR pixels, 'auto' (from free memory, halved on out-of-memory; default) or 0 for whole images",
+    )
+    parser.add_argument(
+        "--tile-pad", type=_int_at_least(0), default=16,
+        help="LR pixels of context around each tile (default 16); tiles match the untiled result "
+        "once this covers the model's receptive field",
+    )
+    parser.add_argument("--batch", type=_int_at_least(1), default=4, help="tiles (or images) per forward pass (default 4)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--suffix", default="", help="appended to each output file name before .png (default none)")
+    parser.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # A later ``--tradeoff t`` (EA-Adam perception/distortion interpolation) belongs here; it will
+    # change the loaded model in ``_prepare_model`` and nothing else.
+
+
+def _prepare_model(args: argparse.Namespace, device: str):
+    from perceptsr.checkpoint import load_model
+
+    return load_model(args.model, device=device)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from perceptsr.inference import upscale_path
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = _prepare_model(args, device)
+    summary = upscale_path(
+        model,
+        args.input,
+        args.output,
+        tile=args.tile,
+        tile_pad=args.tile_pad,
+        batch_size=args.batch,
+        device=device,
+        dtype=torch.bfloat16 if args.bf16 else None,
+        suffix=args.suffix,
+        progress=not args.quiet,
+    )
+    print(f"upscaled {len(summary.processed)} image(s) into {args.output}")
+    if summary.failed:
+        print(f"{len(summary.failed)} image(s) failed:", file=sys.stderr)
+        for _, reason in summary.failed:
+            print(f"  {reason}", file=sys.stderr)
+        return 1
+    return 0
