@@ -560,11 +560,61 @@ def _upscale(sd: Mapping[str, torch.Tensor], nf: int, conv: str = "upconv1") -> 
     raise CheckpointError(f"cannot infer the scale: {conv} has {sd[f'{conv}.weight'].shape[0]} output channels for {nf} features")
 
 
+def _detect_swinir(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """SwinIR arguments from official (SwinIR/BasicSR) key names and shapes.
+
+    ``img_size`` comes from the stored ``attn_mask`` buffers (square training patches assumed);
+    a file without them gets ``persistent_attn_mask=False`` so it still loads strictly.
+    ``img_range`` is not stored in weights (official JPEG models use 255: pass it explicitly).
+    """
+    embed_dim, in_chans = sd["conv_first.weight"].shape[:2]
+    groups = _indices(sd, r"layers\.(\d+)\.residual_group\.blocks\.0\.norm1\.weight$")
+    depths = [len(_indices(sd, rf"layers\.{i}\.residual_group\.blocks\.(\d+)\.norm1\.weight$")) for i in groups]
+    tables = [sd[f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table"].shape for i in groups]
+    window = (round(tables[0][0] ** 0.5) + 1) // 2
+    hidden = sd["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]
+    mlp_ratio = hidden // embed_dim if hidden % embed_dim == 0 else hidden / embed_dim
+    if "conv_up1.weight" in sd:
+        upsampler, upscale = "nearest+conv", 4
+    elif "conv_before_upsample.0.weight" in sd:
+        upsampler, nf = "pixelshuffle", sd["conv_before_upsample.0.weight"].shape[0]
+        convs = _indices(sd, r"upsample\.(\d+)\.weight$")
+        upscale = 3 if len(convs) == 1 and sd[f"upsample.{convs[0]}.weight"].shape[0] == 9 * nf else 2 ** len(convs)
+    elif "upsample.0.weight" in sd:
+        upsampler, out = "pixelshuffledirect", sd["upsample.0.weight"].shape[0]
+        upscale = round((out / in_chans) ** 0.5)
+        if upscale * upscale * in_chans != out:
+            raise CheckpointError(f"swinir: upsample.0 has {out} output channels, not scale**2 * {in_chans}")
+    else:
+        upsampler, upscale = "", 1
+    kwargs: dict[str, Any] = {
+        "upscale": upscale, "in_chans": in_chans, "window_size": window, "depths": depths, "embed_dim": embed_dim,
+        "num_heads": [t[1] for t in tables], "mlp_ratio": mlp_ratio, "upsampler": upsampler,
+        "resi_connection": "3conv" if "conv_after_body.0.weight" in sd else "1conv",
+    }
+    masks = [k for k in sd if k.endswith(".attn_mask")]
+    if masks:
+        n_windows = sd[masks[0]].shape[0]
+        side = round(n_windows ** 0.5)
+        if side * side != n_windows:
+            raise CheckpointError(f"swinir: {masks[0]} holds {n_windows} windows, not a square training patch; "
+                                  "pass arch_kwargs img_size=(H, W)")
+        kwargs["img_size"] = side * window
+    elif max(depths) > 1:
+        kwargs["persistent_attn_mask"] = False
+    if "patch_embed.norm.weight" not in sd:
+        kwargs["patch_norm"] = False
+    if "layers.0.residual_group.blocks.0.attn.qkv.bias" not in sd:
+        kwargs["qkv_bias"] = False
+    return kwargs
+
+
 def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
     """Infer ``(arch_name, arch_kwargs)`` from key names and shapes (legacy layouts are converted first).
 
-    Recognises srresnet, msrresnet, rrdbnet, ranker (depth 8/12/16) and vgg_discriminator
-    (input size, conv bias, stage count). Raises CheckpointError listing some keys otherwise.
+    Recognises srresnet, msrresnet, rrdbnet, ranker (depth 8/12/16), vgg_discriminator
+    (input size, conv bias, stage count) and swinir (official key names, see :func:`_detect_swinir`).
+    Raises CheckpointError listing some keys otherwise.
     """
     sd, _ = convert_state_dict(strip_prefixes(state_dict))
 
@@ -610,6 +660,8 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, 
         if stages != (6 if input_size == 256 else 5):
             kwargs["num_stages"] = stages
         return "vgg_discriminator", kwargs
+    if "conv_first.weight" in sd and "layers.0.residual_group.blocks.0.attn.qkv.weight" in sd:
+        return "swinir", _detect_swinir(sd)
     sample = ", ".join(list(sd)[:_MAX_LISTED])
     raise CheckpointError(
         f"cannot recognise the architecture from the state dict ({len(sd)} keys: {sample}, ...); pass arch=NAME"

@@ -170,7 +170,7 @@ def test_missing_garbage_and_corrupt(tmp_path):
     with pytest.raises(ImageReadError, match=r"nope\.png: file not found"):
         read_image(tmp_path / "nope.png")
     (tmp_path / "junk.png").write_bytes(b"this is not an image at all" * 10)
-    with pytest.raises(ImageReadError, match=r"junk\.png: cannot read image"):
+    with pytest.raises(ImageReadError, match=r"junk\.png: not an image in a format Pillow can decode"):
         read_image(tmp_path / "junk.png")
     with pytest.raises(ImageReadError, match=r"junk\.png"):
         read_image_info(tmp_path / "junk.png")

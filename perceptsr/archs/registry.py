@@ -36,7 +36,7 @@ _BUILTINS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "srresnet": ("perceptsr.archs.srresnet_arch:SRResNet", "generator", {}),
     "msrresnet": ("perceptsr.archs.srresnet_arch:MSRResNet", "generator", {}),
     "rrdbnet": ("perceptsr.archs.rrdbnet_arch:RRDBNet", "generator", {}),
-    # "swinir": reserved for the SwinIR generator (perceptsr/archs/swinir_arch.py, not added yet).
+    "swinir": ("perceptsr.archs.swinir_arch:SwinIR", "generator", {}),
     "vgg_discriminator": ("perceptsr.archs.discriminator_arch:VGGDiscriminator", "discriminator", {}),
     "vgg_discriminator_128": (
         "perceptsr.archs.discriminator_arch:VGGDiscriminator", "discriminator", {"input_size": 128},

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from perceptsr.data.color import rgb2gray
 from perceptsr.errors import ImageReadError
@@ -224,6 +224,8 @@ def _decode(path: Path) -> np.ndarray:
                 arr = _pillow_pixels(im)
     except ImageReadError:
         raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image in a format Pillow can decode") from None
     except Exception as exc:  # Pillow reports bad files with many exception types
         raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
     transform = _ORIENT.get(orientation)

@@ -1,0 +1,543 @@
+"""The training loop: one readable function, the same for every objective.
+
+    data -> objective.set_iteration(t) -> objective.step(batch, t) -> EMA -> log / validate / save
+
+What an iteration *does* (losses, networks, optimizer steps) lives in an
+:class:`~perceptsr.train.objectives.Objective`; everything around it lives here: seeding, the run
+directory, data order, EMA, non-finite-loss policy, TensorBoard, validation, checkpoints, resume,
+and DDP (torchrun env vars; only rank 0 writes).
+
+Run directory ``<output_root>/<name>/``: ``config.yml`` (resolved), ``command.txt`` (one line per
+launch), ``log.txt``, ``tb/`` (TensorBoard), ``checkpoints/iter_N/`` (see
+:class:`perceptsr.checkpoint.CheckpointSaver`: one ``.safetensors`` per trained network with the EMA
+weights as plain keys and the raw ones as ``params``, plus ``training_state.pt``).
+
+Resume restores the weights, EMA, optimizers, schedules, objective state, the iteration, the RNG
+states of every rank and the data position (a pure function of the iteration), so a run stopped at
+iteration ``k`` and resumed to ``N`` ends with the same bits as an uninterrupted run to ``N`` on the
+same machine and software.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from perceptsr.config import TrainConfig, dump_config
+from perceptsr.errors import CheckpointError, ConfigError, PerceptsrError
+from perceptsr.train import distributed as D
+from perceptsr.train.ema import ModelEMA
+from perceptsr.train.objectives import NonFiniteLossError, Objective, Runtime, build_objective
+from perceptsr.train.sampling import ResumableStream
+
+__all__ = ["TrainingError", "TrainResult", "train", "find_resume_checkpoint", "resolve_device", "build_generator"]
+
+BEST_METRIC = "psnr"
+
+
+class TrainingError(PerceptsrError, RuntimeError):
+    """Training cannot go on (non-finite losses, a run directory clash, ...)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iteration: int
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+    last_checkpoint: Path | None = None
+    stopped_early: bool = False
+    generator: torch.nn.Module | None = field(default=None, repr=False)  # final raw weights
+    ema_generator: torch.nn.Module | None = field(default=None, repr=False)  # final EMA weights (if any)
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def resolve_device(name: str, info: D.DistInfo) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{info.local_rank}")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_generator(cfg: TrainConfig) -> tuple[torch.nn.Module, dict]:
+    """The generator from ``cfg.model`` (scale injected as ``upscale``/``scale``), optionally pretrained.
+
+    Returns the module and the keyword arguments that rebuild it (stored in checkpoints).
+    """
+    from perceptsr.archs import build_arch, get_arch
+
+    kwargs = dict(cfg.model.kwargs)
+    allowed = get_arch(cfg.model.arch).allowed_kwargs() or []
+    for key in ("upscale", "scale"):
+        if key in allowed:
+            if key in kwargs and kwargs[key] != cfg.scale:
+                raise ConfigError(
+                    f"config key 'model.kwargs.{key}' ({kwargs[key]}) disagrees with 'scale' ({cfg.scale})"
+                )
+            kwargs[key] = cfg.scale
+            break
+    model = build_arch(cfg.model.arch, **kwargs)
+    if cfg.model.pretrained:
+        from perceptsr.checkpoint import convert_state_dict, load_state_dict_strict, read_checkpoint
+
+        ckpt = read_checkpoint(cfg.model.pretrained, prefer_ema=True, key=cfg.model.pretrained_key)
+        sd, _layout = convert_state_dict(ckpt.state_dict)
+        load_state_dict_strict(model, sd, strict=cfg.model.strict,
+                               source=f"{ckpt.path} [{ckpt.weights_key or 'state dict'}]")
+    return model, kwargs
+
+
+def find_resume_checkpoint(run_dir: Path, resume) -> Path | None:
+    """The checkpoint folder to resume from: ``resume=True`` -> the latest in ``run_dir`` (None if
+    there is none); a path -> a checkpoint folder ``iter_N``, or the latest of a ``checkpoints/``
+    folder or of a run folder."""
+    from perceptsr.checkpoint import CheckpointSaver
+
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        folder = run_dir / "checkpoints"
+        return CheckpointSaver(folder).latest() if folder.is_dir() else None
+    path = Path(resume)
+    if (path / CheckpointSaver.MANIFEST).is_file():
+        return path
+    for folder in (path / "checkpoints", path):
+        if folder.is_dir():
+            found = CheckpointSaver(folder).latest()
+            if found is not None:
+                return found
+    raise CheckpointError(f"--resume {path}: no checkpoint there (expected iter_N/{CheckpointSaver.MANIFEST})")
+
+
+class RunLog:
+    """Lines to the console (through tqdm) and ``log.txt``; scalars and images to TensorBoard."""
+
+    def __init__(self, run_dir: Path | None, enabled: bool, console: bool = True):
+        self.enabled = enabled
+        self.console = console and enabled
+        self.file = open(run_dir / "log.txt", "a", encoding="utf-8") if enabled and run_dir else None
+        self.writer = None
+        if enabled and run_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        if self.file:
+            self.file.write(line + "\n")
+            self.file.flush()
+        if self.console:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def image(self, tag: str, chw: torch.Tensor, step: int) -> None:
+        if self.writer:
+            self.writer.add_image(tag, chw.clamp(0, 1).cpu(), step, dataformats="CHW")
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.flush()
+            self.writer.close()
+        if self.file:
+            self.file.close()
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}"
+
+
+def _format(values: dict[str, float]) -> str:
+    parts = []
+    for k, v in values.items():
+        parts.append(f"{k} {v:.3e}" if (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0 else f"{k} {v:.4f}")
+    return " | ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+def build_train_stream(cfg: TrainConfig, info: D.DistInfo, start_batch: int, pin_memory: bool):
+    """A DataLoader over an infinite :class:`ResumableStream`, positioned after ``start_batch`` batches."""
+    from perceptsr.data.datasets import EpochSampler, PairedImageDataset, worker_init_fn
+
+    d = cfg.data.train
+    if d.batch_size % info.world_size:
+        raise ConfigError(
+            f"config key 'data.train.batch_size' ({d.batch_size}) is the total over all processes and must be "
+            f"divisible by WORLD_SIZE ({info.world_size})"
+        )
+    per_rank = d.batch_size // info.world_size
+    dataset = PairedImageDataset(
+        d.hr_dir, d.lr_dir, scale=cfg.scale, patch_size=d.patch_size, seed=cfg.seed,
+        hflip=d.hflip, vflip=d.vflip, rot90=d.rot90, cache=d.cache, skip_bad=d.skip_bad,
+    )
+    base = EpochSampler(len(dataset), seed=cfg.seed, repeat=d.repeat, rank=info.rank, world_size=info.world_size)
+    if len(base) < per_rank:
+        raise ConfigError(
+            f"{d.hr_dir}: {len(base)} samples per process (x{d.repeat} repeat) is less than one batch of "
+            f"{per_rank}; lower data.train.batch_size or raise data.train.repeat"
+        )
+    stream = ResumableStream(base, per_rank, start_batch=start_batch)
+    loader = DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=stream,
+        num_workers=d.num_workers,
+        drop_last=True,
+        pin_memory=pin_memory,
+        persistent_workers=False,  # a single iterator lives for the whole run anyway
+        prefetch_factor=2 if d.num_workers > 0 else None,
+        worker_init_fn=functools.partial(worker_init_fn, seed=cfg.seed, rank=info.rank),
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
+    )
+    return dataset, stream, loader
+
+
+def load_val_set(cfg: TrainConfig) -> list[dict]:
+    from perceptsr.data.datasets import PairedValDataset
+
+    v = cfg.data.val
+    dataset = PairedValDataset(v.hr_dir, v.lr_dir, scale=cfg.scale)
+    n = len(dataset) if v.max_images is None else min(v.max_images, len(dataset))
+    return [dataset[i] for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+
+
+def _center_crop(x: torch.Tensor, size: int, multiple: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    size_h = min(size, h) // multiple * multiple
+    size_w = min(size, w) // multiple * multiple
+    top = (h - size_h) // 2 // multiple * multiple
+    left = (w - size_w) // 2 // multiple * multiple
+    return x[..., top : top + size_h, left : left + size_w]
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, val_set: list[dict], cfg: TrainConfig, device: torch.device,
+             log: RunLog | None = None, step: int = 0, prefix: str = "val/") -> dict[str, float]:
+    """Mean PSNR/SSIM (Y of MATLAB YCbCr, border crop = scale) of ``model`` over whole images.
+
+    The SR output is clamped and rounded to the 8-bit grid first, as when it is saved to PNG.
+    A few LR-bicubic / SR / HR crops go to TensorBoard.
+    """
+    from perceptsr.data import imresize
+    from perceptsr.inference import upscale_tensor
+    from perceptsr.metrics import create_metric
+
+    # PSNR first: the loop ranks checkpoints by the first metric of the first validated model
+    metrics = {name: create_metric(name, preset="sr-y", scale=cfg.scale, device=device) for name in ("psnr", "ssim")}
+    totals = {name: 0.0 for name in metrics}
+    dtype = torch.bfloat16 if cfg.train.bf16 else None
+    for i, item in enumerate(val_set):
+        lr = item["lr"].unsqueeze(0)
+        hr = item["hr"].unsqueeze(0).to(device)
+        sr = upscale_tensor(model, lr.to(device), scale=cfg.scale, tile=None, device=device, dtype=dtype)
+        sr = torch.floor(sr * 255.0 + 0.5) / 255.0
+        for name, metric in metrics.items():
+            totals[name] += float(metric(sr, hr).mean())
+        if log is not None and i < cfg.data.val.log_images:
+            bicubic = imresize(lr, cfg.scale).clamp(0, 1).to(device)
+            row = [_center_crop(t[0], cfg.data.val.crop_size, cfg.scale) for t in (bicubic, sr, hr)]
+            log.image(f"{prefix}{item['name']}", torch.cat(row, dim=-1), step)
+    return {f"{prefix}{name}": total / max(1, len(val_set)) for name, total in totals.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+
+
+def _prepare_run_dir(cfg: TrainConfig, resume) -> tuple[Path, Path | None]:
+    run_dir = Path(cfg.output_root) / cfg.name
+    checkpoint = find_resume_checkpoint(run_dir, resume)
+    if checkpoint is None and not resume:
+        ckpt_dir = run_dir / "checkpoints"
+        if ckpt_dir.is_dir() and any(ckpt_dir.glob("iter_*")):
+            raise TrainingError(
+                f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, or choose "
+                f"another experiment name (--set name=...) or output root (--out)"
+            )
+    return run_dir, checkpoint
+
+
+def train(cfg: TrainConfig, *, resume=None, command: str | None = None, stop_after: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Run (or resume) the training described by ``cfg``; see the module docstring.
+
+    ``resume``: None/False = fresh run (refuses a run directory that has checkpoints), True = latest
+    checkpoint of the run directory (fresh if there is none), or a path. ``stop_after`` ends the
+    loop after that iteration, as an interruption would (no extra checkpoint).
+    """
+    info = D.init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, info, resume=resume, command=command, stop_after=stop_after, progress=progress)
+    finally:
+        D.cleanup(info)
+
+
+def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, progress) -> TrainResult:
+    from tqdm import tqdm
+
+    from perceptsr.checkpoint import CheckpointSaver, capture_rng_state, restore_rng_state
+
+    loop = cfg.train
+    if loop.deterministic:  # cuBLAS needs this before CUDA initialises to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    device = resolve_device(loop.device, info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = not loop.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if loop.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(cfg.seed)  # same model initialisation on every rank
+
+    # --- run directory (rank 0 writes) -------------------------------------------------------
+    run_dir, checkpoint = _prepare_run_dir(cfg, resume)
+    if info.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yml")
+        with open(run_dir / "command.txt", "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {command or ' '.join(sys.argv)}\n")
+    D.barrier(info)
+    log = RunLog(run_dir, enabled=info.is_main, console=progress)
+
+    # --- model, objective, EMA ---------------------------------------------------------------
+    generator, arch_kwargs = build_generator(cfg)
+    runtime = Runtime(device=device, dist=info, bf16=loop.bf16, channels_last=loop.channels_last,
+                      compile=loop.compile, grad_clip=loop.grad_clip or None)
+    runtime.prepare_module(generator)
+    objective: Objective = build_objective(generator, cfg, runtime)
+    ema = ModelEMA(generator, loop.ema_decay) if loop.ema_decay > 0 else None
+    models = {"net_g": (generator, cfg.model.arch, arch_kwargs), **objective.networks()}
+
+    saver = None
+    if info.is_main:  # rank 0 first: the saver tidies temp folders left by a crash
+        saver = CheckpointSaver(run_dir / "checkpoints", keep_last=loop.keep_last, best_metric=BEST_METRIC)
+
+    # --- resume ------------------------------------------------------------------------------
+    start, skipped, consecutive, val_metrics, best_psnr = 0, 0, 0, {}, -math.inf
+    rng_to_restore = None
+    if checkpoint is not None:
+        state = _restore(saver or CheckpointSaver(checkpoint.parent), checkpoint, models, ema, objective)
+        start = int(state["iteration"])
+        skipped = int(state.get("skipped_steps", 0))
+        consecutive = int(state.get("consecutive_skips", 0))
+        val_metrics = dict(state.get("val_metrics", {}))
+        best_psnr = float(state.get("best_psnr", -math.inf))
+        rngs = state.get("rng") or []
+        rng_to_restore = rngs[info.rank] if len(rngs) == info.world_size else None
+        data_state = state.get("data", {})
+        if data_state.get("world_size", info.world_size) != info.world_size or \
+                data_state.get("batch_size", cfg.data.train.batch_size) != cfg.data.train.batch_size:
+            log.info("note: world size or batch size changed since the checkpoint; the data order differs "
+                     "from an uninterrupted run")
+        log.info(f"resumed from {checkpoint} at iteration {start}")
+    if start >= loop.iterations:
+        log.info(f"nothing to do: iteration {start} >= train.iterations {loop.iterations}")
+        log.close()
+        return TrainResult(run_dir, start, val_metrics, skipped, checkpoint, False, generator,
+                           ema.module if ema is not None else None)
+
+    # --- data --------------------------------------------------------------------------------
+    dataset, stream, loader = build_train_stream(cfg, info, start, pin_memory=device.type == "cuda")
+    val_set = load_val_set(cfg) if cfg.data.val is not None and info.is_main else []
+    data_iter = iter(loader)
+    if rng_to_restore is not None:
+        restore_rng_state(rng_to_restore)
+    else:
+        seed_everything(cfg.seed + info.rank)
+
+    n_params = sum(p.numel() for p in generator.parameters())
+    log.info(
+        f"training {cfg.name}: {cfg.model.arch} ({n_params / 1e6:.3f}M params), objective {cfg.objective.type}, "
+        f"{len(dataset)} training images, {stream.batches_per_epoch} iterations/epoch, batch "
+        f"{cfg.data.train.batch_size} over {info.world_size} process(es), device {device}, run dir {run_dir}"
+    )
+
+    def save(iteration: int) -> Path | None:
+        rngs = D.gather_objects(capture_rng_state(), info)  # collective: every rank takes part
+        path = None
+        if info.is_main:
+            state = {
+                "iteration": iteration,
+                "optimizers": {k: o.state_dict() for k, o in objective.optimizers().items()},
+                "schedulers": {k: s.state_dict() for k, s in objective.schedulers().items()},
+                "objective": objective.extra_state(),
+                "ema": None if ema is None else {"decay": ema.decay, "updates": ema.updates},
+                "rng": rngs,
+                "data": {"batches_done": iteration, "dataset_length": len(dataset), "world_size": info.world_size,
+                         "batch_size": cfg.data.train.batch_size, "seed": cfg.seed},
+                "skipped_steps": skipped,
+                "consecutive_skips": consecutive,
+                "val_metrics": val_metrics,
+                "best_psnr": best_psnr,
+            }
+            metric = next(iter(val_metrics.values()), None) if last_val_iteration == iteration else None
+            path = saver.save(
+                iteration,
+                models=models,
+                ema={"net_g": ema.module} if ema is not None else None,
+                training_state=state,
+                metric=metric,
+                metrics={k.split("/", 1)[-1]: v for k, v in val_metrics.items()} if metric is not None else None,
+                extra={"objective": cfg.objective.type, "config_name": cfg.name},
+            )
+        D.barrier(info)
+        return path
+
+    # --- the loop ----------------------------------------------------------------------------
+    bar = tqdm(total=loop.iterations, initial=start, disable=not (progress and info.is_main), unit="it",
+               desc=cfg.name, dynamic_ncols=True, smoothing=0.05)
+    meter: dict[str, list[float]] = defaultdict(list)
+    last_val_iteration, last_checkpoint, stopped_early = -1, checkpoint, False
+    n_since_log, t_log = 0, time.perf_counter()
+    iteration = start
+    try:
+        for iteration in range(start + 1, loop.iterations + 1):
+            batch = next(data_iter)
+            objective.set_iteration(iteration)
+            try:
+                logs = objective.step(batch, iteration)
+                consecutive = 0
+            except NonFiniteLossError as exc:
+                objective.zero_grad()
+                where = f"iteration {iteration}: {exc}"
+                if loop.nan_policy == "stop":
+                    raise TrainingError(
+                        f"{where}; stopped (train.nan_policy=stop). Checkpoints are untouched; the last one is "
+                        f"{last_checkpoint or 'none'}. Try a lower optim.lr, train.grad_clip, bf16 off, or "
+                        f"train.nan_policy=skip."
+                    ) from exc
+                skipped += 1
+                consecutive += 1
+                log.info(f"{where}; step skipped ({consecutive} in a row, {skipped} in total)")
+                log.scalars({"train/skipped_steps": skipped}, iteration)
+                if consecutive >= loop.max_skips:
+                    raise TrainingError(
+                        f"{where}; {consecutive} consecutive non-finite steps (train.max_skips={loop.max_skips}), "
+                        f"giving up. The last checkpoint is {last_checkpoint or 'none'}."
+                    ) from exc
+                logs = None
+            if logs is not None:
+                if ema is not None:
+                    ema.update(generator)
+                for k, v in logs.items():
+                    meter[k].append(v)
+            bar.update(1)
+            n_since_log += 1
+
+            if iteration % loop.log_every == 0 or iteration == loop.iterations:
+                elapsed = time.perf_counter() - t_log
+                values = {k: sum(v) / len(v) for k, v in meter.items() if v}
+                values.update(objective.learning_rates())
+                values["perf/it_per_s"] = n_since_log / elapsed if elapsed > 0 else 0.0
+                if device.type == "cuda":
+                    values["perf/max_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                log.scalars({k if "/" in k else f"train/{k}": v for k, v in values.items()}, iteration)
+                rate = values["perf/it_per_s"]
+                eta = _duration((loop.iterations - iteration) / rate) if rate else "?"
+                log.info(f"iter {iteration}/{loop.iterations} | {_format(values)} | eta {eta}")
+                if logs is not None:
+                    bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
+                meter.clear()
+                n_since_log, t_log = 0, time.perf_counter()
+
+            save_due = iteration % loop.save_every == 0 or iteration == loop.iterations
+            if cfg.data.val is not None and (iteration % loop.val_every == 0 or iteration == loop.iterations):
+                if info.is_main:
+                    t0 = time.perf_counter()
+                    val_metrics = {}
+                    eval_models = objective.validation_models(ema.module if ema is not None else generator)
+                    for name, eval_model in eval_models.items():
+                        val_metrics.update(validate(eval_model, val_set, cfg, device, log, iteration,
+                                                    prefix=f"val/{name}/" if name else "val/"))
+                    log.scalars(val_metrics, iteration)
+                    log.info(f"validation @ {iteration} ({time.perf_counter() - t0:.1f} s, "
+                             f"{'EMA' if ema is not None else 'raw'} weights): {_format(val_metrics)}")
+                val_metrics = D.broadcast_object(val_metrics, info)
+                last_val_iteration = iteration
+                psnr = next(iter(val_metrics.values()), -math.inf)  # first model's PSNR
+                if psnr > best_psnr:  # every new best is saved, so "best" is always on disk
+                    best_psnr = psnr
+                    save_due = True
+            if save_due:
+                last_checkpoint = save(iteration) or last_checkpoint
+            if save_due or last_val_iteration == iteration:  # keep pauses out of it/s
+                n_since_log, t_log = 0, time.perf_counter()
+            if stop_after is not None and iteration >= stop_after:
+                stopped_early = iteration < loop.iterations
+                break
+    except PerceptsrError as exc:
+        log.info(f"error: {exc}")
+        raise
+    except KeyboardInterrupt:
+        log.info(f"interrupted at iteration {iteration}; the last checkpoint is {last_checkpoint or 'none'} "
+                 f"(continue with --resume)")
+        raise
+    finally:
+        bar.close()
+        del data_iter
+        log.close()
+    return TrainResult(run_dir, iteration, val_metrics, skipped, last_checkpoint, stopped_early, generator,
+                       ema.module if ema is not None else None)
+
+
+def _restore(saver, checkpoint: Path, models: dict, ema: ModelEMA | None, objective: Objective) -> dict:
+    state = saver.restore(
+        checkpoint,
+        models={name: entry[0] for name, entry in models.items()},
+        ema={"net_g": ema.module} if ema is not None else None,
+    )
+    if not state:
+        raise CheckpointError(f"{checkpoint}: no training state to resume from (weights only?)")
+    optimizers = objective.optimizers()
+    missing = sorted(set(optimizers) - set(state.get("optimizers", {})))
+    if missing:
+        raise CheckpointError(f"{checkpoint}: training state has no optimizer state for {missing}")
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    for name, sched in objective.schedulers().items():
+        if name in state.get("schedulers", {}):
+            sched.load_state_dict(state["schedulers"][name])
+    objective.load_extra_state(state.get("objective") or {})
+    if ema is not None and state.get("ema"):
+        ema.updates = int(state["ema"]["updates"])
+    return state
