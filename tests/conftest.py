@@ -11,6 +11,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PERCEPTSR_SHARED", REPO_ROOT.parent / "shared"))
 
+# Tests never download: a missing asset must fail fast with its "put it in ..." message.
+os.environ["PERCEPTSR_OFFLINE"] = "1"
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 if (SHARED / "assets").is_dir():

@@ -177,3 +177,55 @@ def test_aggd_lookup_equals_grid_argmin():
         assert abs(float(alpha[k]) - grid[pos]) < 1e-9, k
         want_bl = left * np.sqrt(gamma(1 / grid[pos]) / gamma(3 / grid[pos]))
         np.testing.assert_allclose(float(bl[k]), want_bl, rtol=1e-12, equal_nan=True)
+
+
+def _grey_samples():
+    from skimage import data
+
+    from perceptsr.data.color import rgb2gray
+
+    return [rgb2gray(getattr(data, n)().astype(np.float64) / 255) * 255 for n in ("astronaut", "rocket", "coffee")]
+
+
+def test_fit_niqe_params_keeps_all_blocks_when_threshold_is_negative():
+    from perceptsr.metrics.niqe import _features, fit_niqe_params
+
+    images = _grey_samples()
+    mu, cov = fit_niqe_params(images, sharpness_threshold=-1.0)
+    rows = []
+    for im in images:
+        h, w = im.shape[0] // 96 * 96, im.shape[1] // 96 * 96
+        rows.append(_features(torch.from_numpy(np.ascontiguousarray(im[:h, :w]))[None])[0])
+    feat = torch.cat(rows).numpy()
+    np.testing.assert_allclose(mu, feat.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(feat, rowvar=False), rtol=1e-10, atol=1e-14)
+
+
+def test_fitted_model_scores_blur_worse(tmp_path):
+    from perceptsr.data.imresize import imresize
+    from perceptsr.metrics import create_metric
+    from perceptsr.metrics.niqe import fit_niqe_params
+
+    mu, cov = fit_niqe_params(_grey_samples())
+    assert mu.shape == (36,) and cov.shape == (36, 36)
+    np.testing.assert_allclose(cov, cov.T)
+    assert np.linalg.eigvalsh(cov).min() > -1e-9
+    path = tmp_path / "pristine.npz"
+    np.savez(path, mu_pris_param=mu, cov_pris_param=cov)
+    metric = create_metric("niqe", params_path=str(path))
+    from skimage import data
+
+    sharp = torch.from_numpy(data.chelsea().astype(np.float32) / 255).permute(2, 0, 1)[None]
+    blurred = imresize(imresize(sharp, 0.25), 4.0).clamp(0, 1)
+    values = metric(torch.cat([sharp, blurred[..., : sharp.shape[-2], : sharp.shape[-1]]]))
+    assert values[1] > values[0] + 1
+
+
+def test_fit_niqe_params_errors_name_the_image():
+    from perceptsr.errors import MetricInputError
+    from perceptsr.metrics.niqe import fit_niqe_params
+
+    with pytest.raises(MetricInputError, match="image 1 .*must be 2-D"):
+        fit_niqe_params([np.zeros((96, 96)), np.zeros((96, 96, 3))])
+    with pytest.raises(MetricInputError, match="image 0 \\(50x300\\) is smaller than one 96x96 block"):
+        fit_niqe_params([np.zeros((50, 300))])

@@ -13,13 +13,14 @@ from perceptsr.archs.registry import ARCH_KINDS, ArchSpec, build_arch, get_arch,
 
 __all__ = [
     "ARCH_KINDS", "ArchSpec", "build_arch", "get_arch", "list_archs", "register_arch",
-    "SRResNet", "MSRResNet", "RRDBNet", "VGGDiscriminator", "Ranker",
+    "SRResNet", "MSRResNet", "RRDBNet", "SwinIR", "VGGDiscriminator", "Ranker",
 ]
 
 _LAZY = {
     "SRResNet": "perceptsr.archs.srresnet_arch",
     "MSRResNet": "perceptsr.archs.srresnet_arch",
     "RRDBNet": "perceptsr.archs.rrdbnet_arch",
+    "SwinIR": "perceptsr.archs.swinir_arch",
     "VGGDiscriminator": "perceptsr.archs.discriminator_arch",
     "Ranker": "perceptsr.archs.ranker_arch",
 }

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from perceptsr.errors import AssetError, ConfigError, MetricInputError
 from perceptsr.metrics.base import Metric
 
-__all__ = ["NIQE", "niqe", "load_niqe_params", "mscn", "aggd_features"]
+__all__ = ["NIQE", "niqe", "fit_niqe_params", "load_niqe_params", "mscn", "aggd_features"]
 
 BLOCK = 96
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (-1, 1))
@@ -110,18 +110,22 @@ def _filter_same(x: torch.Tensor, taps: list[float], gain: float = 1.0) -> torch
     return out
 
 
+def _mscn_and_sigma(im: torch.Tensor, flat_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    taps, gain = _gauss7()
+    if flat_mode == "exact":
+        gain = 1.0
+    mu = _filter_same(im, taps, gain)
+    sigma = (_filter_same(im * im, taps, gain) - mu * mu).abs_().sqrt_()
+    return (im - mu).div_(sigma + 1), sigma
+
+
 def mscn(im: torch.Tensor, flat_mode: str = "2d") -> torch.Tensor:
     """Mean-subtracted contrast-normalised coefficients of ``(N, H, W)`` [0, 255] images.
 
     ``flat_mode="2d"`` applies the 2-D window's floating-point gain (see :func:`_gauss7`);
     ``"exact"`` uses exactly normalised taps (exact zeros in flat regions).
     """
-    taps, gain = _gauss7()
-    if flat_mode == "exact":
-        gain = 1.0
-    mu = _filter_same(im, taps, gain)
-    sigma = (_filter_same(im * im, taps, gain) - mu * mu).abs_().sqrt_()
-    return (im - mu).div_(sigma.add_(1))
+    return _mscn_and_sigma(im, flat_mode)[0]
 
 
 def _aggd(v: torch.Tensor, tables: dict[str, torch.Tensor]):
@@ -254,6 +258,47 @@ def niqe(
     diff = (mu_p - mu_d)[:, None, :]
     q = (diff @ inv @ diff.transpose(1, 2))[:, 0, 0]
     return q.sqrt()
+
+
+def fit_niqe_params(
+    images, *, block: int = BLOCK, sharpness_threshold: float = 0.75, flat_mode: str = "2d"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A pristine model (mu 36, cov 36x36) from your own images, as LIVE's ``estimatemodelparam.m``.
+
+    ``images``: 2-D grey images on [0, 255] (arrays or tensors), e.g. ``rgb2gray`` of uint8 photos.
+    Each is cropped to a multiple of ``block``; a block enters the model only when its mean local
+    sigma (the MSCN denominator, scale 1) exceeds ``sharpness_threshold`` times the image's sharpest
+    block; rows with non-finite features are dropped. Save with ``np.savez(path,
+    mu_pris_param=mu, cov_pris_param=cov)`` and pass ``params_path`` to :class:`NIQE`.
+    """
+    from perceptsr.data.imresize import imresize
+
+    tables = _aggd_tables("cpu")
+    rows = []
+    for index, image in enumerate(images):
+        im = torch.as_tensor(np.asarray(image), dtype=torch.float64)
+        if im.dim() != 2:
+            raise MetricInputError(f"fit_niqe_params: image {index} must be 2-D (grey), got shape {tuple(im.shape)}")
+        h, w = im.shape[0] // block * block, im.shape[1] // block * block
+        if h == 0 or w == 0:
+            raise MetricInputError(
+                f"fit_niqe_params: image {index} ({im.shape[0]}x{im.shape[1]}) is smaller than one {block}x{block} block"
+            )
+        x = im[None, :h, :w].contiguous()
+        coeffs, sigma = _mscn_and_sigma(x, flat_mode)
+        sharpness = _blocks(sigma, block)[0].mean(dim=(-2, -1))
+        fine = aggd_features(_blocks(coeffs, block)[0], tables)
+        coarse = aggd_features(_blocks(mscn(imresize(x, 0.5), flat_mode), block // 2)[0], tables)
+        feat = torch.cat([fine, coarse], dim=-1)
+        rows.append(feat[sharpness > sharpness_threshold * sharpness.max()])
+    feat = torch.cat(rows) if rows else torch.empty(0, 36, dtype=torch.float64)
+    feat = feat[torch.isfinite(feat).all(dim=1)]
+    if feat.shape[0] < 2:
+        raise MetricInputError(
+            f"fit_niqe_params: only {feat.shape[0]} usable block(s); a covariance needs at least two "
+            "(give more or larger images)"
+        )
+    return feat.mean(0).numpy(), np.cov(feat.numpy(), rowvar=False)
 
 
 def load_niqe_params(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,224 @@
+"""``perceptsr demo``: the whole system at CPU scale on images that ship with scikit-image.
+
+Stages (each writes under ``OUT/<stage>/`` and a ``done.json`` marker, so a re-run skips what is
+finished and an interrupted demo continues):
+
+1. ``data``: sample photos as HR PNGs (``train/HR``, ``test/HR``), or the user's ``--data`` folder;
+2. ``niqe``: the official NIQE pristine model when the asset is available locally, otherwise a model
+   fitted on the training HR images with LIVE's ``estimatemodelparam`` procedure (said so loudly);
+3. ``psnr``: PSNR pre-training of a small MSRResNet x4;
+
+and, as the methods land, the GAN model, the rank dataset, the Ranker, RankSRGAN, EA-Adam with
+fusion, evaluation and the HTML report.
+
+Everything is tiny on purpose: the models are illustrations of the pipeline, not the papers'
+results. Nothing here needs the network or ``../shared``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from perceptsr.errors import ImageReadError
+
+__all__ = ["SAMPLE_TRAIN", "SAMPLE_TEST", "DemoContext", "STAGES", "run_demo"]
+
+# scikit-image's bundled photos (no download). Grey ones are replicated to RGB.
+SAMPLE_TRAIN = (
+    "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+    "camera", "brick", "grass", "gravel", "moon",
+)
+SAMPLE_TEST = ("coffee", "chelsea")
+SCALE = 4
+HONEST_NOTE = (
+    "Note: these CPU-scale models train for minutes on a handful of images. They illustrate the "
+    "pipeline end to end; they are not the papers' results (which need GPUs, DIV2K-scale data and "
+    "hundreds of thousands of iterations; see docs/)."
+)
+
+
+@dataclass
+class DemoContext:
+    """Where everything lives and what earlier stages produced (paths recorded in ``done.json``)."""
+
+    out: Path
+    data: Path | None = None
+    iterations_scale: float = 1.0  # multiply every stage's iteration count (tests use a small value)
+    progress: bool = True
+    results: dict[str, dict] = field(default_factory=dict)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / name
+
+    def iterations(self, n: int) -> int:
+        return max(2, int(round(n * self.iterations_scale)))
+
+    def say(self, message: str) -> None:
+        print(f"[demo] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 1: data
+
+
+def _sample_image(name: str) -> np.ndarray:
+    from skimage import data as skdata
+
+    img = np.asarray(getattr(skdata, name)())
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return img[..., :3]
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    from perceptsr.data.io import write_image
+
+    write_image(path, img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img)
+
+
+def stage_data(ctx: DemoContext) -> dict:
+    """HR training and test folders: scikit-image samples, or the user's images split 80/20."""
+    from perceptsr.data.color import modcrop
+    from perceptsr.data.io import list_images, read_image
+
+    root = ctx.stage_dir("data")
+    train_dir, test_dir = root / "train" / "HR", root / "test" / "HR"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.data is None:
+        for names, folder in ((SAMPLE_TRAIN, train_dir), (SAMPLE_TEST, test_dir)):
+            for name in names:
+                _write_png(folder / f"{name}.png", modcrop(_sample_image(name), SCALE))
+        source = "scikit-image sample images"
+    else:
+        files = list_images(ctx.data)
+        if len(files) < 3:
+            raise ImageReadError(f"{ctx.data}: the demo needs at least 3 images (found {len(files)})")
+        n_test = max(1, len(files) // 5)
+        for i, path in enumerate(files):
+            img = modcrop(read_image(path)[..., :3], SCALE)
+            if min(img.shape[:2]) < 128:
+                raise ImageReadError(f"{path}: {img.shape[1]}x{img.shape[0]} is too small for the demo (needs >= 128 px)")
+            folder = test_dir if i >= len(files) - n_test else train_dir
+            _write_png(folder / f"{path.stem}.png", img)
+        source = str(ctx.data)
+    return {"train_hr": str(train_dir), "test_hr": str(test_dir), "source": source,
+            "train_images": len(list_images(train_dir)), "test_images": len(list_images(test_dir))}
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 2: the NIQE model
+
+
+def stage_niqe(ctx: DemoContext) -> dict:
+    """Official LIVE parameters when available offline, else a model fitted on the training HR."""
+    from perceptsr.assets import find_local
+
+    official = find_local("niqe_params") or find_local("niqe_params_npz")
+    if official is not None:
+        return {"params_path": str(official), "official": True}
+    from perceptsr.data.color import rgb2gray
+    from perceptsr.data.io import list_images, read_image
+    from perceptsr.metrics.niqe import fit_niqe_params
+
+    ctx.say("NIQE: the official pristine model is not available offline; fitting one on the training "
+            "HR images (LIVE estimatemodelparam procedure). NIQE values are then comparable within "
+            "this demo only, not with papers.")
+    grey = [np.round(rgb2gray(np.round(read_image(p)[..., :3] * 255) / 255) * 255)
+            for p in list_images(ctx.results["data"]["train_hr"])]
+    mu, cov = fit_niqe_params(grey)
+    path = ctx.stage_dir("niqe") / "niqe_demo_params.npz"
+    np.savez(path, mu_pris_param=mu, cov_pris_param=cov)
+    return {"params_path": str(path), "official": False}
+
+
+# ------------------------------------------------------------------------------------------------
+# stage 3: PSNR pre-training
+
+
+def _train(ctx: DemoContext, name: str, config: dict) -> dict:
+    """Run one engine training under ``OUT/<name>/`` (resuming if interrupted); return its files."""
+    from perceptsr.config import TrainConfig, config_from_dict
+    from perceptsr.train.engine import train
+
+    config = {"name": "run", "output_root": str(ctx.stage_dir(name)), **config}
+    cfg = config_from_dict(TrainConfig, config)
+    result = train(cfg, resume=True, command=f"perceptsr demo (stage {name})", progress=ctx.progress)
+    return {"run_dir": str(result.run_dir), "checkpoint": str(result.last_checkpoint),
+            "generator": str(result.last_checkpoint / "net_g.safetensors"),
+            "val": {k: round(v, 4) for k, v in result.val_metrics.items()}}
+
+
+def _small_generator() -> dict:
+    return {"arch": "msrresnet", "kwargs": {"num_feat": 32, "num_block": 4}}
+
+
+def stage_psnr(ctx: DemoContext) -> dict:
+    data = ctx.results["data"]
+    iterations = ctx.iterations(800)
+    return _train(ctx, "psnr", {
+        "scale": SCALE,
+        "model": _small_generator(),
+        "data": {
+            "train": {"hr_dir": data["train_hr"], "patch_size": 64, "batch_size": 8, "num_workers": 0,
+                      "cache": True},
+            "val": {"hr_dir": data["test_hr"], "log_images": 2},
+        },
+        "objective": {"type": "psnr", "loss": "l1"},
+        "optim": {"type": "adam", "lr": 1e-3, "betas": [0.9, 0.99]},
+        "schedule": {"type": "cosine", "periods": [iterations], "restart_weights": [1.0], "eta_min": 1e-6},
+        "train": {"iterations": iterations, "ema_decay": 0.99, "log_every": max(1, iterations // 8),
+                  "val_every": iterations, "save_every": iterations, "keep_last": 1},
+    })
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+
+STAGES: dict[str, tuple[str, Callable[[DemoContext], dict]]] = {
+    "data": ("sample images", stage_data),
+    "niqe": ("NIQE pristine model", stage_niqe),
+    "psnr": ("PSNR pre-training (MSRResNet x4)", stage_psnr),
+}
+
+
+def run_demo(out: str | Path = "demo_out", *, data: str | Path | None = None, iterations_scale: float = 1.0,
+             progress: bool = True, stages: list[str] | None = None) -> DemoContext:
+    """Run (or continue) every demo stage in order; returns the context with each stage's results."""
+    ctx = DemoContext(Path(out), Path(data) if data is not None else None, iterations_scale, progress)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    wanted = list(STAGES) if stages is None else stages
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown demo stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    start = time.perf_counter()
+    for index, name in enumerate(STAGES, 1):
+        title, fn = STAGES[name]
+        marker = ctx.stage_dir(name) / "done.json"
+        if name not in wanted:
+            if marker.is_file():  # later stages may need its results
+                ctx.results[name] = json.loads(marker.read_text(encoding="utf-8"))
+            continue
+        if marker.is_file():
+            ctx.results[name] = json.loads(marker.read_text(encoding="utf-8"))
+            ctx.say(f"{index}/{len(STAGES)} {title}: already done ({marker.parent})")
+            continue
+        ctx.say(f"{index}/{len(STAGES)} {title} ...")
+        t0 = time.perf_counter()
+        ctx.stage_dir(name).mkdir(parents=True, exist_ok=True)
+        result = fn(ctx)
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        ctx.results[name] = result
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        tmp.replace(marker)
+        ctx.say(f"{title}: done in {result['seconds']} s")
+    ctx.say(f"all stages done in {time.perf_counter() - start:.0f} s; outputs under {ctx.out}")
+    ctx.say(HONEST_NOTE)
+    return ctx
