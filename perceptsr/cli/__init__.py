@@ -9,7 +9,8 @@ import sys
 # name -> (module under perceptsr.cli, one-line description). Each module defines
 # ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train", "train a model from a YAML config (PSNR objective), with resume and torchrun DDP"),
+    "demo": ("demo", "run the whole system at CPU scale on embedded sample images (no network, no data needed)"),
+    "train": ("train", "train a model from a YAML config (PSNR, GAN, RankSRGAN, Ranker, EA-Adam, fusion objectives), resumable, torchrun DDP"),
     "upscale": ("upscale", "super-resolve an image or a folder with a checkpoint (tiled, batched)"),
     "metric": ("metric", "compute an image-quality metric on images or folders (PSNR, SSIM, NIQE, ...)"),
     "convert": ("convert", "convert a checkpoint (.pth, old layouts) to the native safetensors format"),
