@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from timing import sync
+
 from perceptsr.archs import build_arch
 from perceptsr.data import imresize
 from perceptsr.ea_adam import (
@@ -46,11 +48,6 @@ from perceptsr.losses import PerceptualLoss
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = REPO.parent / "shared" / "assets"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _perceptual_loss(device: torch.device) -> tuple[PerceptualLoss, str]:
@@ -157,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         i, mate, child_state = plan[c]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         if way == "released":
             pt1, pt2 = copy.deepcopy(models[i]), copy.deepcopy(models[mate])
@@ -169,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             make_child(states, i, nb[i], generator=torch.Generator().manual_seed(c), p_crossover=1.0, p_mutation=0.0)
             f = evaluator.evaluate_state(scratch, child_state).tolist()
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
         return seconds, peak, f

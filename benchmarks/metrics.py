@@ -21,33 +21,12 @@ from pathlib import Path
 
 import torch
 
+from timing import best_time
+
 from perceptsr.errors import PerceptsrError
 from perceptsr.metrics import create_metric, list_metrics
 
 SHARED = Path(os.environ.get("PERCEPTSR_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device: torch.device, repeat: int) -> float:
-    """Best of ``repeat`` timed calls after a warm-up; calls slower than 2 s are timed once."""
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    if time.perf_counter() - start > 2.0:
-        repeat = 1
-    best = float("inf")
-    for _ in range(repeat):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _images(n: int, h: int, w: int, device, seed: int = 0):
@@ -79,7 +58,7 @@ def _bsd100(device: torch.device, repeat: int) -> str:
         groups.setdefault(tuple(t.shape), []).append(t)
     batches = [torch.stack(v).to(device) for v in groups.values()]
     read_s = time.perf_counter() - start
-    seconds = _time(lambda: [metric(b) for b in batches], device, repeat)
+    seconds = best_time(lambda: [metric(b) for b in batches], device, repeat, slow_seconds=2.0)
     sizes = ", ".join(f"{len(v)} x {k[1]}x{k[2]}" for k, v in groups.items())
     return (f"NIQE on BSD100 HR ({len(files)} images: {sizes}): {seconds:.2f} s total "
             f"({1000 * seconds / len(files):.1f} ms/image; reading the files took {read_s:.2f} s more)")
@@ -128,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
                     x, ref = _images(n, h, w, device)
                     call = (lambda: metric(x, ref)) if metric.full_reference else (lambda: metric(x))
                     with torch.no_grad():
-                        seconds = _time(call, device, args.repeat)
+                        seconds = best_time(call, device, args.repeat, slow_seconds=2.0)
                     single = seconds if n == 1 else single
                     cells.append(f"{1000 * seconds / n:16.2f}")
                 except (PerceptsrError, RuntimeError) as exc:  # too small, out of memory, ...

@@ -11,29 +11,13 @@ Each configuration runs once as warm-up, then ``--repeat`` timed runs; the best 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from timing import best_time
+
 from perceptsr.archs import build_arch
 from perceptsr.inference import upscale_tensor
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device, repeat: int) -> float:
-    fn()  # warm-up (cudnn autotune, allocator)
-    best = float("inf")
-    for _ in range(repeat):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                                batch_size=batch, device=device, dtype=dtype)
 
             try:
-                seconds = _time(fn, device, args.repeat)
+                seconds = best_time(fn, device, args.repeat)
                 row = f"{seconds:9.3f} {out_mp / seconds:9.2f}"
             except torch.OutOfMemoryError:
                 row = f"{'OOM':>9} {'-':>9}"
