@@ -18,6 +18,7 @@ results. Nothing here needs the network or ``../shared``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ def _small_generator() -> dict:
 def stage_psnr(ctx: DemoContext) -> dict:
     data = ctx.results["data"]
     iterations = ctx.iterations(800)
-    return _train(ctx, "psnr", {
+    result = _train(ctx, "psnr", {
         "scale": SCALE,
         "model": _small_generator(),
         "data": {
@@ -176,6 +177,54 @@ def stage_psnr(ctx: DemoContext) -> dict:
         "train": {"iterations": iterations, "ema_decay": 0.99, "log_every": max(1, iterations // 8),
                   "val_every": iterations, "save_every": iterations, "keep_last": 1},
     })
+    result["models"] = {"PSNR (MSRResNet)": result["generator"]}
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation and report
+
+
+def niqe_metric_name(ctx: DemoContext) -> str:
+    """``niqe`` with the official model, else ``niqe-demo`` registered with the demo-fitted one."""
+    info = ctx.results["niqe"]
+    if info["official"]:
+        return "niqe"
+    from perceptsr.metrics import list_metrics, register_metric
+    from perceptsr.metrics.niqe import NIQE
+
+    if "niqe-demo" not in list_metrics():
+        register_metric("niqe-demo", NIQE, params_path=info["params_path"])
+    return "niqe-demo"
+
+
+def demo_models(ctx: DemoContext) -> dict[str, str]:
+    """Every generator the finished stages produced, by display name, in stage order."""
+    models = {"bicubic": "bicubic"}
+    for result in ctx.results.values():
+        models.update(result.get("models", {}))
+    return models
+
+
+def stage_eval(ctx: DemoContext) -> dict:
+    from perceptsr.evaluation import evaluate, write_results
+
+    out = ctx.stage_dir("eval")
+    metrics = ["psnr", "ssim", "lpips", niqe_metric_name(ctx)]
+    results = evaluate(demo_models(ctx), [ctx.results["data"]["test_hr"]], metrics=metrics, protocol="sr-y",
+                       scale=SCALE, tile=None, save_images=out / "images", progress=ctx.progress)
+    files = write_results(results, out)
+    ctx.say("results:\n" + files["results.md"].read_text(encoding="utf-8"))
+    return {"results": str(files["results.json"]), "table": str(files["results.md"])}
+
+
+def stage_report(ctx: DemoContext) -> dict:
+    from perceptsr.report import build_report
+
+    runs = [r["run_dir"] for r in ctx.results.values() if "run_dir" in r]
+    html = build_report([ctx.results["eval"]["results"], *runs], ctx.out / "report.html")
+    ctx.say(f"report: {html.resolve()}")
+    return {"report": str(html)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,12 +234,15 @@ STAGES: dict[str, tuple[str, Callable[[DemoContext], dict]]] = {
     "data": ("sample images", stage_data),
     "niqe": ("NIQE pristine model", stage_niqe),
     "psnr": ("PSNR pre-training (MSRResNet x4)", stage_psnr),
+    "eval": ("evaluation on the held-out images", stage_eval),
+    "report": ("HTML report", stage_report),
 }
 
 
 def run_demo(out: str | Path = "demo_out", *, data: str | Path | None = None, iterations_scale: float = 1.0,
              progress: bool = True, stages: list[str] | None = None) -> DemoContext:
     """Run (or continue) every demo stage in order; returns the context with each stage's results."""
+    os.environ.setdefault("PERCEPTSR_OFFLINE", "1")  # local assets only: the demo never downloads
     ctx = DemoContext(Path(out), Path(data) if data is not None else None, iterations_scale, progress)
     ctx.out.mkdir(parents=True, exist_ok=True)
     wanted = list(STAGES) if stages is None else stages
