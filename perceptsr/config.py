@@ -44,6 +44,13 @@ __all__ = [
     "DataConfig",
     "ObjectiveConfig",
     "PSNRObjectiveConfig",
+    "GANObjectiveConfig",
+    "RankSRGANObjectiveConfig",
+    "PerceptualLossConfig",
+    "RankContentConfig",
+    "EAAdamObjectiveConfig",
+    "FusionObjectiveConfig",
+    "RankerObjectiveConfig",
     "OptimConfig",
     "ScheduleConfig",
     "ConstantScheduleConfig",
@@ -445,13 +452,20 @@ class TrainDataConfig:
 
 @dataclass(frozen=True)
 class ValDataConfig:
-    """Held-out images for periodic PSNR/SSIM (Y channel, border crop = scale)."""
+    """Held-out images for periodic metrics: names from ``perceptsr.metrics`` (full-reference ones on
+    the Y channel with border crop = scale, no-reference ones under the PIRM protocol)."""
 
     hr_dir: str
     lr_dir: Optional[str] = None
     max_images: Optional[int] = None  # first N images in sorted order
     log_images: int = 3  # LR-bicubic / SR / HR crops sent to TensorBoard
     crop_size: int = 128  # HR size of those logged crops
+    metrics: tuple[str, ...] = ("psnr", "ssim")  # e.g. [psnr, ssim, niqe]; PSNR picks the best checkpoint
+
+    def __post_init__(self):
+        _check(self.metrics[:1] == ("psnr",), "metrics", self.metrics,
+               "must start with 'psnr' (it picks the best checkpoint)")
+        _check(len(set(self.metrics)) == len(self.metrics), "metrics", self.metrics, "lists a metric twice")
 
 
 @dataclass(frozen=True)
@@ -540,6 +554,188 @@ class CosineRestartScheduleConfig(ScheduleConfig):
                "needs at least one positive period")
         _check(len(self.restart_weights) == len(self.periods), "restart_weights", self.restart_weights,
                f"needs one weight per period ({len(self.periods)})")
+
+
+@dataclass(frozen=True)
+class PerceptualLossConfig:
+    """VGG feature loss (:class:`perceptsr.losses.PerceptualLoss`); ``weight: 0`` turns it off."""
+
+    weight: float = 1.0
+    layer_weights: dict[str, float] = field(default_factory=lambda: {"conv5_4": 1.0})  # conv5_4 = VGG19-54, before ReLU
+    vgg_type: Literal["vgg19", "vgg16"] = "vgg19"
+    weights: Optional[str] = "torchvision"  # torchvision | caffe | asset name or file | null (random; tests)
+    criterion: Literal["l1", "l2", "fro"] = "l1"
+    use_input_norm: bool = True
+    range_norm: bool = False
+
+    def __post_init__(self):
+        _check(self.weight >= 0, "weight", self.weight, "must be >= 0")
+        _check(bool(self.layer_weights), "layer_weights", self.layer_weights, "needs at least one layer")
+
+
+@dataclass(frozen=True)
+class RankContentConfig:
+    """RankSRGAN's rank-content loss ``weight * sum_batch sigmoid(R(SR) - bias)`` with a frozen Ranker."""
+
+    checkpoint: str  # a Ranker file (native, mmsr or old ``features.N`` layout)
+    weight: float = 0.03
+    bias: float = 0.0  # the original's R_bias
+    bn_mode: Literal["train", "eval"] = "train"  # train = batch statistics, as the original (never calls eval())
+    arch: Optional[str] = None  # null = from the file's metadata or key names
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(self.weight >= 0, "weight", self.weight, "must be >= 0")
+
+
+@ObjectiveConfig.register("gan")
+@dataclass(frozen=True)
+class GANObjectiveConfig(ObjectiveConfig):
+    """Adversarial training (SRGAN / ESRGAN defaults: pixel L1 1e-2, VGG19-54 L1 1.0, GAN 5e-3).
+
+    ``optim_d`` / ``schedule_d`` default to the generator's ``optim`` / ``schedule``. As in BasicSR
+    (``net_d_iters``, ``net_d_init_iters``) and mmsr (``D_update_ratio``, ``D_init_iters``), the
+    generator steps at iterations ``t > net_d_init_iters`` with ``t % net_d_iters == 0``; the
+    discriminator steps every iteration.
+    """
+
+    type: str = "gan"
+    pixel_loss: Literal["l1", "l2", "charbonnier"] = "l1"
+    pixel_weight: float = 1e-2
+    charbonnier_eps: float = 1e-12
+    perceptual: PerceptualLossConfig = field(default_factory=PerceptualLossConfig)
+    gan_type: Literal["vanilla", "ragan", "lsgan"] = "vanilla"
+    gan_weight: float = 5e-3
+    rank: Optional[RankContentConfig] = None
+    discriminator: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg_discriminator_128"))
+    optim_d: Optional[OptimConfig] = None
+    schedule_d: Optional[ScheduleConfig] = None
+    net_d_iters: int = 1
+    net_d_init_iters: int = 0
+
+    def __post_init__(self):
+        for name in ("pixel_weight", "gan_weight"):
+            _check(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        _check(self.charbonnier_eps > 0, "charbonnier_eps", self.charbonnier_eps, "must be > 0")
+        _check(self.net_d_iters >= 1, "net_d_iters", self.net_d_iters, "must be >= 1")
+        _check(self.net_d_init_iters >= 0, "net_d_init_iters", self.net_d_init_iters, "must be >= 0")
+        weights = (self.pixel_weight, self.perceptual.weight, self.gan_weight, self.rank.weight if self.rank else 0.0)
+        _check(any(w > 0 for w in weights), "gan_weight", self.gan_weight,
+               "the generator needs a loss: pixel_weight, perceptual.weight, gan_weight and rank.weight are all 0")
+
+
+@ObjectiveConfig.register("ranksrgan")
+@dataclass(frozen=True)
+class RankSRGANObjectiveConfig(GANObjectiveConfig):
+    """The GAN objective with RankSRGAN's defaults: pixel 0, VGG19-54 L1 1.0, vanilla GAN 5e-3, rank
+    0.03 (``rank.checkpoint`` required), 296-input discriminator."""
+
+    type: str = "ranksrgan"
+    pixel_weight: float = 0.0
+    discriminator: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg_discriminator_296"))
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.rank is not None, "rank", self.rank, "is required for type 'ranksrgan' (rank.checkpoint: a Ranker)")
+
+
+@ObjectiveConfig.register("ea_adam")
+@dataclass(frozen=True)
+class EAAdamObjectiveConfig(ObjectiveConfig):
+    """EA-Adam stage A (``perceptsr.ea_adam``; defaults = the released MSRResNet run).
+
+    ``population`` generators start from ``model.pretrained``; individual i has the preference
+    ``(1 - i/(n-1), i/(n-1))`` over (L1, perceptual + ``gan_weight`` * adversarial). An *epoch* is
+    ``epoch_iterations`` iterations (null: floor(training images x ``data.train.repeat`` /
+    ``data.train.batch_size``), as the loop counts them); the EA phase (``t_ea`` generations) runs at
+    the start of iteration t whenever t - 1 is a positive multiple of ``t_adam`` epochs.
+    """
+
+    type: str = "ea_adam"
+    population: int = 5
+    freeze_first: bool = True  # individual 0 stays the PSNR model: no Adam steps, no discriminator
+    protect_first: Optional[bool] = None  # never replaced by an EA child; null = freeze_first (RRDB release: false)
+    perceptual: PerceptualLossConfig = field(default_factory=PerceptualLossConfig)
+    gan_type: Literal["vanilla", "ragan"] = "vanilla"
+    gan_weight: float = 5e-3
+    discriminator: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg_discriminator_128"))
+    t_adam: int = 10  # epochs of Adam steps between EA phases
+    epoch_iterations: Optional[int] = None
+    t_ea: int = 200  # generations per EA phase
+    fitness: tuple[str, str] = ("l1", "perceptual")  # "perceptual" = the loss above (VGG only); or metric names
+    selection: Literal["moead", "nsga2"] = "moead"
+    neighbourhood: int = 3
+    p_crossover: float = 0.9
+    p_neighbour: float = 0.7
+    p_mutation: float = 0.2
+    eta: float = 20.0
+    p_element: float = 0.02
+    sigma: float = 0.03
+    faithful_bias_revert: bool = False
+    eval_hr_dir: Optional[str] = None  # EA fitness images; null = data.train.hr_dir (first eval_images, sorted)
+    eval_lr_dir: Optional[str] = None  # null = data.train.lr_dir (or MATLAB bicubic of the HR)
+    eval_images: int = 16
+    eval_patch_size: int = 128
+    eval_max_patches: int = 100  # more patches than this: keep #25..#74, as released
+    eval_batch_size: int = 50
+    plane_metric: Optional[str] = "lpips"  # per-phase PSNR-vs-this plot on data.val; null = no plot
+
+    def __post_init__(self):
+        _check(self.population >= 2, "population", self.population, "must be >= 2")
+        for name in ("t_adam", "t_ea", "eval_images", "eval_patch_size", "eval_max_patches", "eval_batch_size"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _check(self.epoch_iterations is None or self.epoch_iterations >= 1, "epoch_iterations",
+               self.epoch_iterations, "must be >= 1 or null")
+        _check(1 <= self.neighbourhood <= self.population, "neighbourhood", self.neighbourhood,
+               f"must be in [1, population={self.population}]")
+        for name in ("p_crossover", "p_neighbour", "p_mutation", "p_element"):
+            _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "must be a probability in [0, 1]")
+        _check(self.gan_weight >= 0, "gan_weight", self.gan_weight, "must be >= 0")
+
+
+@ObjectiveConfig.register("fusion")
+@dataclass(frozen=True)
+class FusionObjectiveConfig(GANObjectiveConfig):
+    """EA-Adam stage B (``perceptsr.fusion``): the GAN objective (defaults: pixel L1 1e-2, VGG19-54,
+    vanilla GAN 5e-3, the released SRResNet fusion run) training only the attention regressors of a
+    dynamic network over ``experts`` (a stage-A population folder, ``member_<i>`` files sorted by
+    index). ``discriminator.pretrained``: a stage-A discriminator. ``model.arch`` must be the
+    experts' architecture."""
+
+    type: str = "fusion"
+    experts: str = ""
+    attention: dict[str, Any] = field(default_factory=dict)  # AttentionConfig overrides (kernel_size, num_feat, ...)
+    attention_seed: Optional[int] = None  # seeds the regressors' initialisation; null = seed
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(bool(self.experts), "experts", self.experts, "is required (a stage-A population folder)")
+
+
+@ObjectiveConfig.register("ranker")
+@dataclass(frozen=True)
+class RankerObjectiveConfig(ObjectiveConfig):
+    """RankSRGAN stage 2 (``perceptsr.ranker``): train ``model.arch: ranker`` on the folder written by
+    ``perceptsr rank-data``, given as ``data.train.hr_dir``; validation on its ``valid_split``
+    (``data.val`` unused). ``loss``: ``margin`` = Siamese margin ranking (higher score = worse),
+    ``l1``/``l2`` = regression of the metric label (the paper's rank-vs-regression ablation)."""
+
+    type: str = "ranker"
+    loss: Literal["margin", "l1", "l2"] = "margin"
+    margin: float = 0.5
+    clamp: float = 5.0  # scores clamped to [-clamp, clamp] before the margin loss; 0 = off
+    hard_pair_weight: float = 1.0  # sampling weight of the two gap levels' pair (3 = the release's 3:1:1)
+    swap_order: bool = False  # swap pairs at random; the release feeds the better level first (per-side BN)
+    train_split: str = "train"
+    valid_split: str = "valid"
+    val_batch_size: int = 16
+    best_metric: Literal["srocc", "kendall", "accuracy"] = "srocc"  # picks the best checkpoint
+
+    def __post_init__(self):
+        _check(self.margin >= 0, "margin", self.margin, "must be >= 0")
+        _check(self.clamp >= 0, "clamp", self.clamp, "must be >= 0")
+        _check(self.hard_pair_weight > 0, "hard_pair_weight", self.hard_pair_weight, "must be > 0")
+        _check(self.val_batch_size >= 1, "val_batch_size", self.val_batch_size, "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class DemoContext:
     iterations_scale: float = 1.0  # multiply every stage's iteration count (tests use a small value)
     progress: bool = True
     results: dict[str, dict] = field(default_factory=dict)
+    notes: set[str] = field(default_factory=set)  # one-off notes already printed
 
     def stage_dir(self, name: str) -> Path:
         return self.out / name
@@ -62,6 +63,11 @@ class DemoContext:
 
     def say(self, message: str) -> None:
         print(f"[demo] {message}", flush=True)
+
+    def say_once(self, key: str, message: str) -> None:
+        if key not in self.notes:
+            self.notes.add(key)
+            self.say(message)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,6 +188,174 @@ def stage_psnr(ctx: DemoContext) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# stages 4-7: RankSRGAN (GAN level, rank dataset, Ranker, RankSRGAN)
+
+
+def _vgg_weights(ctx: DemoContext) -> tuple[str | None, float]:
+    """Perceptual-loss VGG weights available offline and the feature weight that goes with them.
+
+    Caffe VGG takes 0..255 input without std division: its features are ~58x torchvision's, so its
+    weight is 1/58 to keep the papers' balance. Without either file the VGG is random (said once).
+    """
+    from perceptsr.assets import find_local
+
+    if find_local("vgg19") is not None:
+        return "torchvision", 1.0
+    if find_local("vgg19_caffe") is not None:
+        return "caffe", 0.017
+    ctx.say_once("vgg", "VGG19 weights are not available offline: the perceptual loss uses a fixed random "
+                 "VGG19 (set PERCEPTSR_ASSETS to use ImageNet weights).")
+    return None, 1.0
+
+
+def _gan_config(ctx: DemoContext, objective: dict, iterations: int) -> dict:
+    data = ctx.results["data"]
+    weights, feature_weight = _vgg_weights(ctx)
+    return {
+        "scale": SCALE,
+        "model": {**_small_generator(), "pretrained": ctx.results["psnr"]["generator"]},
+        "data": {
+            "train": {"hr_dir": data["train_hr"], "patch_size": 64, "batch_size": 8, "num_workers": 0, "cache": True},
+            "val": {"hr_dir": data["test_hr"], "log_images": 2, "metrics": ["psnr", "ssim", niqe_metric_name(ctx)]},
+        },
+        "objective": {
+            "perceptual": {"weight": feature_weight, "layer_weights": {"conv5_4": 1.0}, "weights": weights},
+            "gan_type": "vanilla", "gan_weight": 5e-3,
+            "discriminator": {"arch": "vgg_discriminator", "kwargs": {"num_feat": 32, "input_size": 64}},
+            **objective,
+        },
+        "optim": {"type": "adam", "lr": 1e-4, "betas": [0.9, 0.99]},
+        "schedule": {"type": "multistep", "milestones": [iterations // 2], "gamma": 0.5},
+        "train": {"iterations": iterations, "ema_decay": 0, "log_every": max(1, iterations // 8),
+                  "val_every": iterations, "save_every": iterations, "keep_last": 1},
+    }
+
+
+def stage_gan(ctx: DemoContext) -> dict:
+    """SRGAN objective from the PSNR model: the perceptual rank level and the baseline."""
+    result = _train(ctx, "gan", _gan_config(ctx, {"type": "gan", "pixel_weight": 1e-2}, ctx.iterations(120)))
+    result["models"] = {"SRGAN": result["generator"]}
+    return result
+
+
+def _training_lr(ctx: DemoContext) -> Path:
+    """MATLAB-bicubic x4 LR of the training HR images (the rank levels are SR outputs of these)."""
+    from perceptsr.data.imresize import imresize
+    from perceptsr.data.io import list_images, read_image, write_image
+
+    lr_dir = ctx.stage_dir("data") / "train" / f"LR_bicubic_X{SCALE}"
+    for path in list_images(ctx.results["data"]["train_hr"]):
+        target = lr_dir / path.name
+        if not target.is_file():
+            write_image(target, np.clip(imresize(read_image(path, mode="rgb"), 1 / SCALE), 0, 1))
+    return lr_dir
+
+
+def stage_rank_data(ctx: DemoContext) -> dict:
+    """Levels GAN > PSNR > bicubic on the training images, patches labelled with NIQE."""
+    from perceptsr.ranker import RankDataOptions, build_rank_dataset, prepare_level
+
+    out = ctx.stage_dir("rank_data")
+    lr_dir = str(_training_lr(ctx))
+    levels = [prepare_level(name, source, lr_dir, out, scale=SCALE, progress=ctx.progress)
+              for name, source in (("gan", ctx.results["gan"]["generator"]),
+                                   ("psnr", ctx.results["psnr"]["generator"]), ("bicubic", "bicubic"))]
+    options = RankDataOptions(patch_size=200, stride=100, max_patches=24, valid_fraction=0.25, split_by="image",
+                              metric=niqe_metric_name(ctx), scale=SCALE)
+    summary = build_rank_dataset(levels, out / "dataset", options, workers=2, progress=ctx.progress)
+    return {"dataset": str(out / "dataset"), "summary": summary}
+
+
+def stage_ranker(ctx: DemoContext) -> dict:
+    iterations = ctx.iterations(150)
+    result = _train(ctx, "ranker", {
+        "model": {"arch": "ranker", "kwargs": {"in_nc": 3, "nf": 16, "depth": 12}},
+        "data": {"train": {"hr_dir": ctx.results["rank_data"]["dataset"], "batch_size": 8, "num_workers": 0,
+                           "patch_size": 200}},
+        "scale": 1,
+        "objective": {"type": "ranker", "loss": "margin", "margin": 0.5, "clamp": 5.0, "swap_order": True,
+                      "val_batch_size": 8},
+        "optim": {"type": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-4},
+        "schedule": {"type": "multistep", "milestones": [iterations * 2 // 3], "gamma": 0.5},
+        "train": {"iterations": iterations, "ema_decay": 0, "log_every": max(1, iterations // 6),
+                  "val_every": iterations, "save_every": iterations, "keep_last": 1},
+    })
+    result["ranker"] = result.pop("generator")
+    return result
+
+
+def stage_ranksrgan(ctx: DemoContext) -> dict:
+    """RankSRGAN from the same PSNR model for the same iterations as SRGAN (the paper's comparison)."""
+    rank = {"checkpoint": ctx.results["ranker"]["ranker"], "weight": 0.03, "bn_mode": "train"}
+    config = _gan_config(ctx, {"type": "ranksrgan", "pixel_weight": 0.0, "rank": rank}, ctx.iterations(120))
+    result = _train(ctx, "ranksrgan", config)
+    result["models"] = {"RankSRGAN": result["generator"]}
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# stages 8-9: EA-Adam (population training, fusion, collapse)
+
+
+def _ea_common(ctx: DemoContext, iterations: int) -> dict:
+    data = ctx.results["data"]
+    weights, feature_weight = _vgg_weights(ctx)
+    return {
+        "scale": SCALE,
+        "data": {
+            "train": {"hr_dir": data["train_hr"], "patch_size": 64, "batch_size": 4, "num_workers": 0, "cache": True},
+            "val": {"hr_dir": data["test_hr"], "log_images": 1},
+        },
+        "optim": {"type": "adam", "lr": 1e-4, "betas": [0.9, 0.999]},
+        "schedule": {"type": "constant"},
+        "train": {"iterations": iterations, "ema_decay": 0, "log_every": max(1, iterations // 6),
+                  "val_every": iterations, "save_every": iterations, "keep_last": 1},
+        "objective": {"perceptual": {"weight": feature_weight, "layer_weights": {"conv5_4": 1.0}, "weights": weights},
+                      "gan_type": "vanilla", "gan_weight": 5e-3},
+        "_discriminator": {"arch": "vgg_discriminator", "kwargs": {"num_feat": 16, "input_size": 64}},
+    }
+
+
+def stage_ea_adam(ctx: DemoContext) -> dict:
+    """Stage A: 3 generators (PSNR model frozen as member 0) with Adam and EA phases."""
+    iterations = ctx.iterations(40)
+    config = _ea_common(ctx, iterations)
+    discriminator = config.pop("_discriminator")
+    config["model"] = {**_small_generator(), "pretrained": ctx.results["psnr"]["generator"]}
+    config["objective"].update({
+        "type": "ea_adam", "population": 3, "freeze_first": True, "discriminator": discriminator,
+        "t_adam": 1, "epoch_iterations": max(1, iterations // 3), "t_ea": 4, "eval_images": 4,
+        "eval_patch_size": 64, "plane_metric": None,
+    })
+    result = _train(ctx, "ea_adam", config)
+    population = Path(result["run_dir"]) / "population" / "final"
+    last = population.parent.parent / "checkpoints" / f"iter_{iterations}"
+    result.update({"population": str(population),
+                   "discriminator": str(last / "net_d_2.safetensors"),
+                   "models": {f"EA-Adam member {i}": str(population / f"member_{i}.safetensors") for i in (1, 2)}})
+    return result
+
+
+def stage_fusion(ctx: DemoContext) -> dict:
+    """Stages B and C: train the attention regressors, then collapse into one plain MSRResNet."""
+    from perceptsr.fusion import fuse_run
+
+    iterations = ctx.iterations(40)
+    config = _ea_common(ctx, iterations)
+    discriminator = config.pop("_discriminator")
+    config["model"] = _small_generator()
+    config["objective"].update({
+        "type": "fusion", "experts": ctx.results["ea_adam"]["population"], "pixel_weight": 1e-2,
+        "discriminator": {**discriminator, "pretrained": ctx.results["ea_adam"]["discriminator"]},
+    })
+    result = _train(ctx, "fusion", config)
+    fused, weights_json, _ = fuse_run(result["checkpoint"], _training_lr(ctx), ctx.stage_dir("fusion") / "fused",
+                                      max_images=20)
+    result.update({"fused": str(fused), "fusion_weights": str(weights_json), "models": {"EA-Adam fused": str(fused)}})
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
 # evaluation and report
 
 
@@ -234,6 +408,12 @@ STAGES: dict[str, tuple[str, Callable[[DemoContext], dict]]] = {
     "data": ("sample images", stage_data),
     "niqe": ("NIQE pristine model", stage_niqe),
     "psnr": ("PSNR pre-training (MSRResNet x4)", stage_psnr),
+    "gan": ("SRGAN training from the PSNR model", stage_gan),
+    "rank_data": ("rank dataset: GAN / PSNR / bicubic patches labelled with NIQE", stage_rank_data),
+    "ranker": ("Ranker (Siamese VGG-12, margin ranking)", stage_ranker),
+    "ranksrgan": ("RankSRGAN: rank-content loss with the frozen Ranker", stage_ranksrgan),
+    "ea_adam": ("EA-Adam stage A: population of 3 generators, Adam + EA phases", stage_ea_adam),
+    "fusion": ("EA-Adam stages B and C: fusion network, collapsed into one plain model", stage_fusion),
     "eval": ("evaluation on the held-out images", stage_eval),
     "report": ("HTML report", stage_report),
 }

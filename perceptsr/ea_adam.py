@@ -13,6 +13,10 @@ generators, individual ``i`` owning the preference vector ``λ_i = (1 - i/(n-1),
   selection (:class:`NSGA2Selector`, shipped but unused by the released code) is available for
   generational runs behind the same :class:`Selector` interface.
 
+:class:`EAAdamObjective` (config ``objective.type: ea_adam``) runs both phases inside the training
+loop: the population, discriminators and optimizers are checkpointed by the loop, so a run resumes
+bit-exactly; phase logs, population exports and perception-distortion plots go to the run folder.
+
 Differences from the released code, all deliberate (see the spec §1.3, §1.5, §9):
 
 * Fitness is computed under ``torch.inference_mode`` with the HR-side features cached once, patches
@@ -27,6 +31,12 @@ Differences from the released code, all deliberate (see the spec §1.3, §1.5, �
   (the release would let NaN/inf into its running min/max).
 * Randomness comes from one explicit ``torch.Generator`` (the release mixes ``numpy.random`` and the
   global torch RNG), so a phase is reproducible.
+* Fitness objectives may be any perceptsr metric (NIQE, PI, LPIPS, ...) besides L1 and the VGG
+  loss, since the EA step needs no gradients.
+* In the loop, the EA phase runs after ``t_adam`` whole epochs of Adam steps each time (the
+  release's first phase comes after 9 epochs, its later ones after 10), and takes no iterations.
+* Under ``torchrun`` the per-objective gradients are averaged over ranks before normalisation and
+  the fitness evaluation is split over ranks (the release is single-GPU).
 
 State dicts produced here never share storage with their inputs, so population slots can be updated
 in place without aliasing surprises.
@@ -34,8 +44,10 @@ in place without aliasing surprises.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,8 +56,10 @@ from typing import Any, ClassVar, Union
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from perceptsr.errors import ConfigError
+from perceptsr.losses.gan import discriminator_loss, generator_loss
 
 __all__ = [
     "StateDict",
@@ -78,6 +92,11 @@ __all__ = [
     "GenerationRecord",
     "EAPhaseReport",
     "run_ea_phase",
+    "EAAdamObjective",
+    "member_file",
+    "POPULATION_DIR",
+    "PHASES_LOG",
+    "CHILDREN_LOG",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -128,8 +147,12 @@ def normalised_gradient_mix(
     losses: Sequence[torch.Tensor],
     weights: Sequence[float],
     eps: float = 1e-7,
+    reduce: Callable[[list[torch.Tensor | None]], list[torch.Tensor | None]] | None = None,
 ) -> torch.Tensor:
     """Write ``Σ_m λ_m · g_m / (‖g_m‖₂ + eps)`` into each parameter's ``.grad`` (norm per tensor).
+
+    ``reduce``, if given, maps each objective's raw gradient list before normalisation (e.g. the
+    average over DDP ranks: ``autograd.grad`` bypasses DDP's own gradient hooks).
 
     Each objective is back-propagated on its own with ``torch.autograd.grad`` (the shared graph is
     retained only until the last objective that needs it); the caller then takes an ordinary optimiser
@@ -156,6 +179,8 @@ def normalised_gradient_mix(
     for pos, m in enumerate(active):
         retain = pos < len(active) - 1
         grads = torch.autograd.grad(losses[m].reshape(()), params, retain_graph=retain, allow_unused=True)
+        if reduce is not None:
+            grads = reduce(list(grads))
         w = float(weights[m])
         for j, g in enumerate(grads):
             if g is None:
@@ -1147,3 +1172,381 @@ def run_ea_phase(
         seconds=time.perf_counter() - start,
         objective_names=list(evaluator.names),
     )
+
+
+# ============================================================================ training objective (stage A)
+
+from perceptsr.train.objectives import (  # noqa: E402 - the algorithm above does not need the loop
+    NonFiniteLossError,
+    Objective as TrainObjective,
+    Runtime,
+    build_discriminator,
+    register_objective,
+)
+
+POPULATION_DIR = "population"
+PHASES_LOG = "ea_phases.jsonl"
+CHILDREN_LOG = "ea_children.jsonl"
+
+
+def member_file(folder: str | Path, i: int) -> Path:
+    """Where individual ``i`` of an exported population lives (``member_<i>.safetensors``)."""
+    return Path(folder) / f"member_{i}.safetensors"
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _build_perceptual(p: Any) -> nn.Module:
+    """A :class:`~perceptsr.losses.PerceptualLoss` from a ``PerceptualLossConfig``."""
+    from perceptsr.losses import PerceptualLoss
+
+    try:
+        return PerceptualLoss(layer_weights=p.layer_weights, vgg_type=p.vgg_type, weights=p.weights,
+                              use_input_norm=p.use_input_norm, criterion=p.criterion, range_norm=p.range_norm,
+                              loss_weight=p.weight)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"config key 'objective.perceptual': {exc}") from None
+
+
+def _rewrite_jsonl(path: Path, keep: Callable[[dict], bool], new_lines: Iterable[dict]) -> None:
+    """Keep the records of ``path`` that pass ``keep`` (drops a phase re-run after a resume), append
+    ``new_lines``, and write atomically."""
+    import json
+
+    from perceptsr.checkpoint import atomic_write
+
+    kept = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip() and keep(json.loads(line)):
+                kept.append(line)
+    kept += [json.dumps(rec) for rec in new_lines]
+    text = "".join(line + "\n" for line in kept)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+@register_objective("ea_adam")
+class EAAdamObjective(TrainObjective):
+    """EA-Adam stage A in the training loop (config ``objective.type: ea_adam``).
+
+    The loop's generator is individual 0 (``net_g``); individuals 1..n-1 are ``net_g_<i>`` and the
+    discriminators ``net_d_<i>`` (none for a frozen individual 0), all checkpointed by the loop.
+    Each iteration: for every trainable individual, L1 and perceptual + ``gan_weight`` x adversarial
+    are back-propagated separately, mixed by :func:`normalised_gradient_mix` with its preference
+    vector and applied by its own Adam; then its discriminator takes an ordinary step. If one
+    individual's losses are not finite, NonFiniteLossError is raised for it (the individuals
+    before it have stepped already). At the start of iteration t with t - 1 a positive multiple of
+    ``t_adam`` epochs, :func:`run_ea_phase` runs ``t_ea`` generations on the fixed sorted patch
+    set (discriminators unused), the population is copied back and the generators' Adam moments are
+    reset. Per phase, on rank 0: ``ea_phases.jsonl`` and ``ea_children.jsonl`` in the run folder,
+    TensorBoard scalars under ``tb/ea_adam``, the population exported to
+    ``population/phase_<k>/member_<i>.safetensors``, and a PSNR-vs-``plane_metric`` plot of the
+    population on ``data.val`` (``ea_adam/plane_phase_<k>.png``). The last iteration exports
+    ``population/final``. With several processes, gradients are averaged over ranks before
+    normalisation and fitness evaluation is split over ranks.
+    """
+
+    def __init__(self, generator: nn.Module, cfg: Any, runtime: Runtime):
+        super().__init__(generator, cfg, runtime)
+        from perceptsr.train.engine import build_generator
+        from perceptsr.train.optim import build_optimizer, build_scheduler
+
+        opts = cfg.objective
+        if cfg.train.ema_decay > 0:
+            raise ConfigError("config key 'train.ema_decay': EA-Adam needs 0 (the EA phase replaces individuals "
+                              "wholesale, so an EMA of individual 0 would mix unrelated models)")
+        n = opts.population
+        self.n = n
+        self.weights = preference_vectors(n)
+        self.trainable = list(range(1 if opts.freeze_first else 0, n))
+        protect = opts.freeze_first if opts.protect_first is None else opts.protect_first
+        self.protected = (0,) if protect else ()
+        other, self.arch_kwargs = build_generator(cfg)  # same init as net_g (model.pretrained)
+        other.load_state_dict(generator.state_dict())
+        self.individuals: list[nn.Module] = [generator] + [copy.deepcopy(other) for _ in range(n - 2)] + [other]
+        for g in self.individuals[1:]:
+            runtime.prepare_module(g)
+        self.perceptual = runtime.prepare_module(_build_perceptual(opts.perceptual))
+        self.perceptual_objective = PerceptualObjective(self.perceptual)
+        self.discriminators: dict[int, nn.Module] = {}
+        self.net_d: dict[int, nn.Module] = {}
+        for i in self.trainable:
+            d, self.d_arch, self.d_kwargs = build_discriminator(opts.discriminator, cfg.data.train.patch_size)
+            self.discriminators[i] = runtime.prepare_module(d)
+            self.net_d[i] = runtime.wrap(d)
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._schedulers = {}
+        for i in self.trainable:
+            for name, params in ((self._g_name(i), self.individuals[i].parameters()),
+                                 (f"net_d_{i}", self.discriminators[i].parameters())):
+                self._optimizers[name] = build_optimizer(params, cfg.optim)
+                self._schedulers[name] = build_scheduler(self._optimizers[name], cfg.schedule)
+        self.period = opts.t_adam * (opts.epoch_iterations or self._epoch_iterations(cfg))
+        self.run_dir = Path(cfg.output_root) / cfg.name
+        self.phases_done = 0
+        self.fitness: torch.Tensor | None = None
+        self.ideal: torch.Tensor | None = None
+        self.nadir: torch.Tensor | None = None
+        self.objective_names: list[str] = []
+        self._evaluator: FitnessEvaluator | None = None
+        self._scratch: nn.Module | None = None
+        self._val_set: list[dict] | None = None
+        self._writer = None
+
+    # ---- bookkeeping for the loop
+
+    @staticmethod
+    def _g_name(i: int) -> str:
+        return "net_g" if i == 0 else f"net_g_{i}"
+
+    @staticmethod
+    def _epoch_iterations(cfg: Any) -> int:
+        from perceptsr.data import list_images
+
+        d = cfg.data.train
+        return max(1, len(list_images(d.hr_dir)) * d.repeat // d.batch_size)
+
+    def networks(self):
+        out = {f"net_g_{i}": (self.individuals[i], self.cfg.model.arch, self.arch_kwargs) for i in range(1, self.n)}
+        out.update({f"net_d_{i}": (d, self.d_arch, self.d_kwargs) for i, d in self.discriminators.items()})
+        return out
+
+    def optimizers(self):
+        return self._optimizers
+
+    def schedulers(self):
+        return self._schedulers
+
+    def validation_models(self, default: nn.Module) -> dict[str, nn.Module]:
+        return {f"ind{i}": g for i, g in enumerate(self.individuals)}
+
+    def extra_state(self) -> dict:
+        return {"phases_done": self.phases_done, "fitness": self.fitness, "ideal": self.ideal, "nadir": self.nadir,
+                "objective_names": list(self.objective_names)}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.phases_done = int(state.get("phases_done", 0))
+        self.fitness, self.ideal, self.nadir = state.get("fitness"), state.get("ideal"), state.get("nadir")
+        self.objective_names = list(state.get("objective_names", []))
+
+    # ---- Adam phase
+
+    def _reduce(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        world = self.runtime.dist.world_size
+        out = []
+        for g in grads:
+            if g is not None:
+                g = g.contiguous().clone()
+                torch.distributed.all_reduce(g)
+                g /= world
+            out.append(g)
+        return out
+
+    def step(self, batch: dict, iteration: int) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        if iteration > 1 and (iteration - 1) % self.period == 0:
+            logs.update(self.run_phase(iteration))
+        opts = self.options
+        lr = self.runtime.to_device(batch["lr"])
+        hr = self.runtime.to_device(batch["hr"])
+        with torch.no_grad():
+            hr_feats = self.perceptual_objective.prepare_hr(hr)
+        reduce = self._reduce if self.runtime.dist.enabled else None
+        for i in self.trainable:
+            g, d = self.individuals[i], self.discriminators[i]
+            g.train()
+            d.train()
+            with self.runtime.autocast():
+                sr = g(lr)
+            l_dst = F.l1_loss(sr.float(), hr)
+            _set_requires_grad(d, False)
+            try:
+                with self.runtime.autocast():
+                    perc = self.perceptual_objective(sr, hr, hr_feats).float().mean()
+                    adv = sr.new_zeros((), dtype=torch.float32)
+                    if opts.gan_weight > 0:
+                        real = None
+                        if opts.gan_type == "ragan":
+                            with torch.no_grad():
+                                real = d(hr)
+                        adv = generator_loss(opts.gan_type, d(sr), real)
+                l_perp = perc + opts.gan_weight * adv
+                both = torch.stack([l_dst.detach(), l_perp.detach()])
+                if not self.runtime.all_finite(both):
+                    raise NonFiniteLossError(f"individual {i} losses (l1, perception)", float(both.sum()))
+                normalised_gradient_mix(g, [l_dst, l_perp], self.weights[i].tolist(), reduce=reduce)
+                self._optimizers[self._g_name(i)].step()
+            finally:
+                _set_requires_grad(d, True)
+            with self.runtime.autocast():
+                real_logits = self.net_d[i](hr)
+                fake_logits = self.net_d[i](sr.detach())
+            loss_d = discriminator_loss(opts.gan_type, real_logits, fake_logits)
+            self.optimize(loss_d, self._optimizers[f"net_d_{i}"], d, name=f"individual {i} discriminator loss")
+            logs.update({f"ind{i}/l1": l_dst.item(), f"ind{i}/perceptual": perc.item(), f"ind{i}/gan": adv.item(),
+                         f"ind{i}/d": loss_d.item()})
+        if iteration == self.cfg.train.iterations and self.runtime.dist.is_main:
+            self._export(self.run_dir / POPULATION_DIR / "final", iteration)
+        return logs
+
+    # ---- EA phase
+
+    def _fitness_objective(self, name: str) -> Objective:
+        if name == "l1":
+            return L1Objective()
+        if name == "perceptual":
+            return self.perceptual_objective
+        return as_objective(name)
+
+    def evaluator(self) -> FitnessEvaluator:
+        """The fitness evaluator on the fixed, sorted patch set (built on first use)."""
+        if self._evaluator is None:
+            o, train = self.options, self.cfg.data.train
+            hr_dir = o.eval_hr_dir or train.hr_dir
+            lr_dir = o.eval_lr_dir if o.eval_hr_dir else (o.eval_lr_dir or train.lr_dir)
+            eval_set = build_eval_set(hr_dir, lr_dir, scale=self.cfg.scale, patch_size=o.eval_patch_size,
+                                      num_images=o.eval_images, max_patches=o.eval_max_patches)
+            self._evaluator = FitnessEvaluator(eval_set, [self._fitness_objective(f) for f in o.fitness],
+                                               batch_size=o.eval_batch_size, device=self.runtime.device)
+        return self._evaluator
+
+    def run_phase(self, iteration: int) -> dict[str, float]:
+        """One EA phase on the current population (every rank); returns scalars to log."""
+        o = self.options
+        phase = self.phases_done
+        evaluator = self.evaluator()
+        if o.selection == "moead":
+            selector: Selector = MOEADSelector(self.weights, neighbourhoods(self.n, o.neighbourhood),
+                                               protected=self.protected)
+        else:
+            selector = NSGA2Selector(protected=self.protected)
+        if self._scratch is None:  # a copy, not a fresh build: the global RNG stays untouched
+            self._scratch = copy.deepcopy(self.individuals[0])
+        generator = torch.Generator().manual_seed(int(self.cfg.seed) * 1_000_003 + phase)
+        children: list[dict] = []
+
+        def record(rec: GenerationRecord) -> None:
+            for c, parent in enumerate(rec.parents):
+                children.append({
+                    "phase": phase, "iteration": iteration, "generation": rec.generation, "parent": parent,
+                    "mate": rec.mates[c], "crossover": rec.crossover[c], "mutation": rec.mutation[c],
+                    "fitness": rec.children_fitness[c].tolist(),
+                    "replaced": [r.slot for r in rec.replacements if r.parent == parent],
+                })
+
+        report = run_ea_phase(
+            [g.state_dict() for g in self.individuals], selector, evaluator, self._scratch, o.t_ea, generator,
+            variation=VariationConfig(p_crossover=o.p_crossover, p_neighbour=o.p_neighbour, p_mutation=o.p_mutation,
+                                      eta=o.eta, p_element=o.p_element, sigma=o.sigma,
+                                      faithful_bias_revert=o.faithful_bias_revert),
+            neighbourhoods=neighbourhoods(self.n, o.neighbourhood), distributed=self.runtime.dist.enabled,
+            on_generation=record, progress=self.runtime.dist.is_main and sys.stderr.isatty(),
+        )
+        with torch.no_grad():
+            for g, sd in zip(self.individuals, report.population):
+                g.load_state_dict(sd, strict=True)
+        for i in self.trainable:  # fresh Adam moments for every generator (the release re-creates them)
+            self._optimizers[self._g_name(i)].state.clear()
+        self.phases_done = phase + 1
+        self.fitness, self.ideal, self.nadir = report.fitness, report.ideal, report.nadir
+        self.objective_names = list(report.objective_names)
+        if self.runtime.dist.is_main:
+            self._log_phase(phase, iteration, report, children)
+        logs = {"ea/replacements": float(len(report.replacements)), "ea/seconds": report.seconds}
+        for i in range(self.n):
+            for j, name in enumerate(self.objective_names):
+                logs[f"ea/ind{i}/{name}"] = float(report.fitness[i, j])
+        return logs
+
+    def _export(self, folder: Path, iteration: int) -> None:
+        from perceptsr.checkpoint import save_model
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, g in enumerate(self.individuals):
+            save_model(member_file(folder, i), g, arch=self.cfg.model.arch, arch_kwargs=self.arch_kwargs,
+                       iteration=iteration, extra={"ea_adam": {"individual": i, "phases_done": self.phases_done,
+                                                               "preference": self.weights[i].tolist()}})
+
+    def _log_phase(self, phase: int, iteration: int, report: EAPhaseReport, children: list[dict]) -> None:
+        out = self.run_dir / "ea_adam"
+        out.mkdir(parents=True, exist_ok=True)
+        pop_dir = self.run_dir / POPULATION_DIR / f"phase_{phase + 1:03d}"
+        self._export(pop_dir, iteration)
+        plane = self._plane() if self.options.plane_metric and self.cfg.data.val is not None else None
+        summary = {
+            "phase": phase, "iteration": iteration, "generations": len(report.generations),
+            "evaluations": report.evaluations, "seconds": report.seconds, "objectives": report.objective_names,
+            "selection": self.options.selection, "protected": list(self.protected),
+            "preferences": self.weights.tolist(), "neighbourhoods": neighbourhoods(self.n, self.options.neighbourhood),
+            "initial_fitness": report.initial_fitness.tolist(), "fitness": report.fitness.tolist(),
+            "ideal": report.ideal.tolist(), "nadir": report.nadir.tolist(),
+            "replacements": len(report.replacements),
+            "replaced_slots": [sum(r.slot == k for r in report.replacements) for k in range(self.n)],
+            "population": str(pop_dir.relative_to(self.run_dir)), "plane": plane,
+        }
+        _rewrite_jsonl(self.run_dir / PHASES_LOG, lambda r: r["phase"] < phase, [summary])
+        _rewrite_jsonl(self.run_dir / CHILDREN_LOG, lambda r: r["phase"] < phase, children)
+        writer = self._tensorboard()
+        writer.add_scalar("ea/replacements", len(report.replacements), iteration)
+        for i in range(self.n):
+            for j, name in enumerate(report.objective_names):
+                writer.add_scalar(f"ea/ind{i}/{name}", float(report.fitness[i, j]), iteration)
+        if plane is not None:
+            fig = _plane_figure(plane, f"EA-Adam phase {phase + 1} (iteration {iteration})")
+            fig.savefig(out / f"plane_phase_{phase + 1:03d}.png", dpi=100)
+            writer.add_figure("ea/plane", fig, iteration)
+        writer.flush()
+
+    def _tensorboard(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb" / "ea_adam"))
+        return self._writer
+
+    @torch.no_grad()
+    def _plane(self) -> dict[str, Any]:
+        """PSNR (Y, crop = scale) and ``plane_metric`` of every individual on ``data.val``."""
+        from perceptsr.inference import upscale_tensor
+        from perceptsr.metrics import create_metric
+        from perceptsr.train.engine import load_val_set
+
+        if self._val_set is None:
+            self._val_set = load_val_set(self.cfg)
+        device, name = self.runtime.device, self.options.plane_metric
+        psnr = create_metric("psnr", preset="sr-y", scale=self.cfg.scale, device=device)
+        other = create_metric(name, crop_border=self.cfg.scale, device=device)
+        values: dict[str, list[float]] = {"psnr": [], name: []}
+        for g in self.individuals:
+            totals = [0.0, 0.0]
+            for item in self._val_set:
+                hr = item["hr"].unsqueeze(0).to(device)
+                sr = upscale_tensor(g, item["lr"].unsqueeze(0).to(device), scale=self.cfg.scale, device=device)
+                sr = torch.floor(sr.clamp(0, 1) * 255.0 + 0.5) / 255.0
+                totals[0] += float(psnr(sr, hr).mean())
+                totals[1] += float((other(sr, hr) if other.full_reference else other(sr)).mean())
+            count = max(1, len(self._val_set))
+            values["psnr"].append(totals[0] / count)
+            values[name].append(totals[1] / count)
+        return {"metric": name, "lower_better": bool(other.lower_better), "images": len(self._val_set), **values}
+
+
+def _plane_figure(plane: Mapping[str, Any], title: str):
+    """Population in the perception-distortion plane (x: the perceptual metric, y: PSNR)."""
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    name = plane["metric"]
+    fig = Figure(figsize=(5, 4))
+    ax = fig.add_subplot()
+    ax.plot(plane[name], plane["psnr"], "o-", color="tab:blue")
+    for i, (x, y) in enumerate(zip(plane[name], plane["psnr"])):
+        ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel(f"{name} ({'lower' if plane['lower_better'] else 'higher'} is better)")
+    ax.set_ylabel("PSNR (Y) [dB]")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig

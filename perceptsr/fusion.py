@@ -68,6 +68,7 @@ __all__ = [
     "save_fused_model", "load_fusion_weights", "FUSION_WEIGHTS_FILE",
     "interpolate_population", "interpolate_fusion_weights", "build_tradeoff_model",
     "sort_expert_files", "member_index", "save_attention", "load_attention",
+    "FusionObjective", "FUSION_ARCH", "fuse_run", "load_tradeoff_model",
 ]
 
 FUSION_WEIGHTS_FILE = "fusion_weights.json"
@@ -1467,3 +1468,148 @@ def load_attention(
         meta = dict(ckpt.meta)
     dynamic_net.load_attention_state_dict(tensors, strict=strict, check_experts=check_experts, source=str(path))
     return meta
+
+
+# --------------------------------------------------------------------------------------------
+# stage B in the training loop, stage C from a run, trade-off models from files
+
+from perceptsr.train.objectives import GANObjective, register_objective  # noqa: E402
+
+FUSION_ARCH = "fusion_dynamic"  # the arch name stage-B checkpoints carry (read by fuse_run, not load_model)
+
+
+def _attention_for(cfg: Any) -> AttentionConfig:
+    """The released regressor for ``cfg.model.arch`` with ``objective.attention`` overrides."""
+    from perceptsr.archs import get_arch
+
+    released = {"rrdbnet": ATTENTION_RRDB, "swinir": ATTENTION_SWINIR}
+    base = released.get(get_arch(cfg.model.arch).name, ATTENTION_SRRESNET)
+    try:
+        return dataclasses.replace(base, **cfg.objective.attention)
+    except TypeError as exc:
+        fields = ", ".join(f.name for f in dataclasses.fields(AttentionConfig))
+        raise ConfigError(f"config key 'objective.attention': {exc} (valid keys: {fields})") from None
+
+
+@register_objective("fusion")
+class FusionObjective(GANObjective):
+    """EA-Adam stage B (config ``objective.type: fusion``): :class:`GANObjective` whose generator is
+    the :class:`DynamicNetwork` over the stage-A experts; only the attention regressors have
+    ``requires_grad`` and so only they are optimised. Checkpoints hold the whole dynamic net
+    (arch ``fusion_dynamic``); stage C is :func:`fuse_run` (``perceptsr fuse``)."""
+
+    @classmethod
+    def build_generator(cls, cfg: Any) -> tuple[nn.Module, str, dict]:
+        from perceptsr.archs import get_arch
+
+        o = cfg.objective
+        if cfg.model.pretrained:
+            raise ConfigError("config key 'model.pretrained': not used by the fusion objective (the experts come "
+                              "from objective.experts); remove it")
+        att = _attention_for(cfg)
+        net = DynamicNetwork.from_files(o.experts, attention=att, seed=cfg.seed if o.attention_seed is None
+                                        else o.attention_seed)
+        want = get_arch(cfg.model.arch).name
+        clash = {k: (v, net.arch_kwargs.get(k)) for k, v in cfg.model.kwargs.items() if net.arch_kwargs.get(k, v) != v}
+        if net.arch != want or clash:
+            raise ConfigError(f"config key 'model': the experts in {o.experts} are {net.arch} {net.arch_kwargs}, "
+                              f"not {want} {dict(cfg.model.kwargs)}")
+        scale = net.perceptsr_meta.get("scale")
+        if scale is not None and scale != cfg.scale:
+            raise ConfigError(f"config key 'scale' ({cfg.scale}) differs from the experts' scale {scale}")
+        kwargs = {"backbone": net.arch, "backbone_kwargs": net.arch_kwargs, "experts": net.expert_sources,
+                  "num_experts": net.num_experts, "attention": dataclasses.asdict(att)}
+        return net, FUSION_ARCH, kwargs
+
+
+def _stage_b_file(source: str | os.PathLike) -> Path:
+    """``net_g.safetensors`` of a fusion run folder (latest checkpoint), checkpoint folder or the file."""
+    from perceptsr.train.engine import find_resume_checkpoint
+
+    path = Path(source)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise ConfigError(f"{path}: no such fusion run, checkpoint folder or file")
+    folder = find_resume_checkpoint(path, path)
+    file = folder / "net_g.safetensors"
+    if not file.is_file():
+        raise CheckpointError(f"{folder}: no net_g.safetensors (is this a fusion run?)")
+    return file
+
+
+def fuse_run(
+    source: str | os.PathLike,
+    lr_images: Any,
+    output: str | os.PathLike,
+    *,
+    experts: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+    max_images: int | None = 100,
+    crop: bool = True,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+    """EA-Adam stage C from a stage-B run: rebuild its dynamic net (experts from the checkpoint's
+    record unless ``experts`` is given; EMA attention weights when saved), average its per-layer
+    weights over ``lr_images`` (:func:`average_fusion_weights`), :func:`collapse` and
+    :func:`save_fused_model` to ``output``. Returns ``(checkpoint, fusion_weights.json, weights)``."""
+    from perceptsr.checkpoint import read_checkpoint
+
+    file = _stage_b_file(source)
+    meta = read_checkpoint(file).meta
+    if meta.get("arch") != FUSION_ARCH:
+        raise CheckpointError(f"{file}: not a fusion (stage B) checkpoint (arch {meta.get('arch')!r}, "
+                              f"expected {FUSION_ARCH!r})")
+    info = meta.get("arch_kwargs") or {}
+    if experts is None:
+        experts = info.get("experts") or []
+        missing = [e for e in experts if not e or not Path(e).is_file()]
+        if missing or not experts:
+            raise ConfigError(f"{file}: the recorded expert files are not found "
+                              f"({_listing([str(m) for m in missing])}); "
+                              "pass the population folder explicitly (perceptsr fuse --experts)")
+        sort = False
+    else:
+        sort = True
+    att = AttentionConfig(**info["attention"]) if info.get("attention") else None
+    net = DynamicNetwork.from_files(experts, sort=sort, attention=att).to(device)
+    load_attention(file, net)
+    weights = average_fusion_weights(net, lr_images, center_crop_half=crop, max_images=max_images, device=device,
+                                     progress=progress)
+    num = None
+    if isinstance(lr_images, (str, os.PathLike)) and Path(lr_images).is_dir():
+        from perceptsr.data.io import list_images
+
+        num = len(list_images(lr_images))
+        num = num if max_images is None else min(num, max_images)
+    fused = collapse(net, weights)
+    ckpt, json_path = save_fused_model(output, fused, weights, num_images=num,
+                                       expert_files=[str(Path(e).resolve()) for e in net.expert_sources],
+                                       extra={"fusion_run": str(file), "center_crop_half": crop})
+    return ckpt, json_path, weights
+
+
+def load_tradeoff_model(path: str | os.PathLike, t: float, *, device: str | torch.device = "cpu") -> nn.Module:
+    """A plain model at trade-off ``t`` (0 = most faithful, 1 = most perceptual) from a population
+    folder (``member_<i>`` files: :func:`interpolate_population`) or a fused model (its checkpoint,
+    or a folder, with ``fusion_weights.json`` naming the experts: the per-layer path of
+    :func:`interpolate_fusion_weights`, which passes through the fused model at ``t = 0.5``)."""
+    path = Path(path)
+    weights_file = path / FUSION_WEIGHTS_FILE if path.is_dir() else path.parent / FUSION_WEIGHTS_FILE
+    fused = weights_file.is_file() and (
+        path.is_dir() or load_fusion_weights(weights_file)[1].get("checkpoint") == path.name)
+    if fused:
+        _, record = load_fusion_weights(weights_file)
+        experts = record.get("experts") or []
+        missing = [e for e in experts if not e or not Path(e).is_file()]
+        if missing or not experts:
+            raise ConfigError(f"{weights_file}: the expert files it names are not found "
+                              f"({_listing([str(m) for m in missing]) or 'none recorded'}); a trade-off needs them")
+        return build_tradeoff_model(experts, t, fusion_weights=weights_file, sort=False, device=device)
+    if (path / "manifest.json").is_file():
+        raise ConfigError(f"{path}: a training checkpoint folder, not a population; use the EA-Adam run's "
+                          "population/final (or population/phase_<k>) folder")
+    if path.is_dir():
+        return build_tradeoff_model(path, t, device=device)
+    raise ConfigError(f"{path}: --tradeoff needs a population folder (member_<i> checkpoints) or a fused model "
+                      f"with {FUSION_WEIGHTS_FILE} beside it")

@@ -253,3 +253,22 @@ def test_shipped_psnr_configs_load(path):
     get_arch(cfg.model.arch)  # the architecture exists
     if path.parent.name == "cpu":
         build_arch(cfg.model.arch, **cfg.model.kwargs)
+
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*/*.yml")), ids=lambda p: p.parent.name + "/" + p.name)
+def test_every_shipped_config_prints(path, capsys):
+    """Each YAML in configs/ loads through ``perceptsr train CFG --print-config``, the printed config
+    loads back to the same one, and its architectures are registered."""
+    import yaml
+
+    from perceptsr.archs import get_arch
+    from perceptsr.cli import main
+
+    assert main(["train", str(path), "--print-config"]) == 0
+    cfg = load_config(path)
+    assert config_from_dict(type(cfg), yaml.safe_load(capsys.readouterr().out)) == cfg
+    get_arch(cfg.model.arch)
+    discriminator = getattr(cfg.objective, "discriminator", None)
+    if discriminator is not None:
+        assert get_arch(discriminator.arch).kind == "discriminator"

@@ -12,7 +12,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run the whole system at CPU scale on embedded sample images (no network, no data needed)"),
     "train": ("train", "train a model from a YAML config (PSNR, GAN, RankSRGAN, Ranker, EA-Adam, fusion objectives), resumable, torchrun DDP"),
     "upscale": ("upscale", "super-resolve an image or a folder with a checkpoint (tiled, batched)"),
+    "fuse": ("fuse", "EA-Adam stage C: collapse a trained fusion run into one plain network"),
     "metric": ("metric", "compute an image-quality metric on images or folders (PSNR, SSIM, NIQE, ...)"),
+    "eval": ("eval", "benchmark models, SR folders and bicubic on datasets: results.json/.csv/.md tables"),
+    "report": ("report", "self-contained HTML report: metric table, perception-distortion plane, curves, crops"),
+    "rank-data": ("rank_data", "RankSRGAN stage 1: aligned, filtered, metric-labelled patches of SR levels (resumable)"),
     "convert": ("convert", "convert a checkpoint (.pth, old layouts) to the native safetensors format"),
     "assets": ("assets", "list, fetch and verify weight and parameter files (assets)"),
 }

@@ -33,7 +33,8 @@ def _int_at_least(minimum: int):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="generator checkpoint (native .safetensors or legacy .pth)")
+    parser.add_argument("--model", required=True, help="generator checkpoint (native .safetensors or legacy .pth); "
+                        "with --tradeoff a population folder or a fused model")
     parser.add_argument("--input", required=True, help="an image file, or a folder (all its images, sorted)")
     parser.add_argument("--output", required=True, help="folder for the PNG results (created if missing)")
     parser.add_argument(
@@ -50,11 +51,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suffix", default="", help="appended to each output file name before .png (default none)")
     parser.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    # A later ``--tradeoff t`` (EA-Adam perception/distortion interpolation) belongs here; it will
-    # change the loaded model in ``_prepare_model`` and nothing else.
+    parser.add_argument(
+        "--tradeoff", type=_unit, default=None, metavar="T",
+        help="EA-Adam perception-distortion control in [0, 1] (0 = most faithful, 1 = most perceptual): "
+        "--model is then a population folder (member_<i> files) or a fused model with fusion_weights.json "
+        "beside it (0.5 = the fused model itself)",
+    )
+
+
+def _unit(value: str) -> float:
+    try:
+        t = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= t <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (0 = most faithful, 1 = most perceptual), got {t}")
+    return t
 
 
 def _prepare_model(args: argparse.Namespace, device: str):
+    if args.tradeoff is not None:
+        from perceptsr.fusion import load_tradeoff_model
+
+        return load_tradeoff_model(args.model, args.tradeoff, device=device)
     from perceptsr.checkpoint import load_model
 
     return load_model(args.model, device=device)

@@ -52,8 +52,8 @@ def generator_loss(kind: str, fake_logits: torch.Tensor, real_logits: torch.Tens
 def discriminator_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Loss the discriminator minimises (``fake_logits`` from detached generator outputs).
 
-    For ``ragan`` this is the sum of the real and fake halves computed in one pass; ESRGAN's two
-    half-steps with a detached mean give the same gradient up to a factor 1/2 on each side.
+    As in the original code (mmsr / RankSRGAN / ESRGAN): ``vanilla`` and ``lsgan`` sum the real and
+    fake terms; ``ragan`` averages its two relativistic terms.
     """
     _check(kind, real_logits)
     real_logits, fake_logits = real_logits.float(), fake_logits.float()
@@ -62,4 +62,4 @@ def discriminator_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.
             _target_loss(kind, real_logits - fake_logits.mean(), 1.0)
             + _target_loss(kind, fake_logits - real_logits.mean(), 0.0)
         )
-    return 0.5 * (_target_loss(kind, real_logits, 1.0) + _target_loss(kind, fake_logits, 0.0))
+    return _target_loss(kind, real_logits, 1.0) + _target_loss(kind, fake_logits, 0.0)

@@ -38,12 +38,11 @@ from perceptsr.config import TrainConfig, dump_config
 from perceptsr.errors import CheckpointError, ConfigError, PerceptsrError
 from perceptsr.train import distributed as D
 from perceptsr.train.ema import ModelEMA
-from perceptsr.train.objectives import NonFiniteLossError, Objective, Runtime, build_objective
+from perceptsr.train.objectives import NonFiniteLossError, Objective, Runtime, build_objective, objective_class
 from perceptsr.train.sampling import ResumableStream
 
-__all__ = ["TrainingError", "TrainResult", "train", "find_resume_checkpoint", "resolve_device", "build_generator"]
-
-BEST_METRIC = "psnr"
+__all__ = ["TrainingError", "TrainResult", "train", "find_resume_checkpoint", "resolve_device", "build_generator",
+           "build_val_metrics", "validate"]
 
 
 class TrainingError(PerceptsrError, RuntimeError):
@@ -190,8 +189,11 @@ def _format(values: dict[str, float]) -> str:
 # data
 
 
-def build_train_stream(cfg: TrainConfig, info: D.DistInfo, start_batch: int, pin_memory: bool):
-    """A DataLoader over an infinite :class:`ResumableStream`, positioned after ``start_batch`` batches."""
+def build_train_stream(cfg: TrainConfig, info: D.DistInfo, start_batch: int, pin_memory: bool, dataset=None):
+    """A DataLoader over an infinite :class:`ResumableStream`, positioned after ``start_batch`` batches.
+
+    ``dataset``: an objective's own training set (indexed by ``(epoch, index)`` keys), else the
+    paired images of ``data.train``."""
     from perceptsr.data.datasets import EpochSampler, PairedImageDataset, worker_init_fn
 
     d = cfg.data.train
@@ -201,10 +203,11 @@ def build_train_stream(cfg: TrainConfig, info: D.DistInfo, start_batch: int, pin
             f"divisible by WORLD_SIZE ({info.world_size})"
         )
     per_rank = d.batch_size // info.world_size
-    dataset = PairedImageDataset(
-        d.hr_dir, d.lr_dir, scale=cfg.scale, patch_size=d.patch_size, seed=cfg.seed,
-        hflip=d.hflip, vflip=d.vflip, rot90=d.rot90, cache=d.cache, skip_bad=d.skip_bad,
-    )
+    if dataset is None:
+        dataset = PairedImageDataset(
+            d.hr_dir, d.lr_dir, scale=cfg.scale, patch_size=d.patch_size, seed=cfg.seed,
+            hflip=d.hflip, vflip=d.vflip, rot90=d.rot90, cache=d.cache, skip_bad=d.skip_bad,
+        )
     base = EpochSampler(len(dataset), seed=cfg.seed, repeat=d.repeat, rank=info.rank, world_size=info.world_size)
     if len(base) < per_rank:
         raise ConfigError(
@@ -249,20 +252,42 @@ def _center_crop(x: torch.Tensor, size: int, multiple: int) -> torch.Tensor:
     return x[..., top : top + size_h, left : left + size_w]
 
 
+def build_val_metrics(cfg: TrainConfig, device: torch.device) -> dict[str, torch.nn.Module]:
+    """The metrics named by ``data.val.metrics``, in order (PSNR first: it picks the best checkpoint).
+
+    Full-reference metrics use preset ``sr-y`` (Y channel, crop = scale; ``sr-rgb`` for RGB-only
+    ones such as LPIPS), no-reference ones (NIQE, Ma, PI) preset ``pirm`` (Y, uint8, shave 4).
+    """
+    from perceptsr.metrics import create_metric, metric_class
+
+    metrics = {}
+    for i, name in enumerate(cfg.data.val.metrics):
+        try:
+            cls = metric_class(name)
+            if not cls.full_reference:
+                metrics[name] = create_metric(name, preset="pirm", device=device)
+            else:
+                preset = "sr-y" if "y" in cls.allowed_colors else "sr-rgb"
+                metrics[name] = create_metric(name, preset=preset, scale=cfg.scale, device=device)
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'data.val.metrics[{i}]': {exc}") from None
+    return metrics
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, val_set: list[dict], cfg: TrainConfig, device: torch.device,
-             log: RunLog | None = None, step: int = 0, prefix: str = "val/") -> dict[str, float]:
-    """Mean PSNR/SSIM (Y of MATLAB YCbCr, border crop = scale) of ``model`` over whole images.
+             log: RunLog | None = None, step: int = 0, prefix: str = "val/",
+             metrics: dict[str, torch.nn.Module] | None = None) -> dict[str, float]:
+    """Mean of each validation metric (default :func:`build_val_metrics`) of ``model`` over whole images.
 
     The SR output is clamped and rounded to the 8-bit grid first, as when it is saved to PNG.
     A few LR-bicubic / SR / HR crops go to TensorBoard.
     """
     from perceptsr.data import imresize
     from perceptsr.inference import upscale_tensor
-    from perceptsr.metrics import create_metric
 
-    # PSNR first: the loop ranks checkpoints by the first metric of the first validated model
-    metrics = {name: create_metric(name, preset="sr-y", scale=cfg.scale, device=device) for name in ("psnr", "ssim")}
+    if metrics is None:
+        metrics = build_val_metrics(cfg, device)
     totals = {name: 0.0 for name in metrics}
     dtype = torch.bfloat16 if cfg.train.bf16 else None
     for i, item in enumerate(val_set):
@@ -271,7 +296,7 @@ def validate(model: torch.nn.Module, val_set: list[dict], cfg: TrainConfig, devi
         sr = upscale_tensor(model, lr.to(device), scale=cfg.scale, tile=None, device=device, dtype=dtype)
         sr = torch.floor(sr * 255.0 + 0.5) / 255.0
         for name, metric in metrics.items():
-            totals[name] += float(metric(sr, hr).mean())
+            totals[name] += float((metric(sr, hr) if metric.full_reference else metric(sr)).mean())
         if log is not None and i < cfg.data.val.log_images:
             bicubic = imresize(lr, cfg.scale).clamp(0, 1).to(device)
             row = [_center_crop(t[0], cfg.data.val.crop_size, cfg.scale) for t in (bicubic, sr, hr)]
@@ -340,20 +365,27 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
     log = RunLog(run_dir, enabled=info.is_main, console=progress)
 
     # --- model, objective, EMA ---------------------------------------------------------------
-    generator, arch_kwargs = build_generator(cfg)
+    custom = objective_class(cfg.objective.type).build_generator(cfg)  # e.g. EA-Adam fusion's dynamic net
+    if custom is None:
+        generator, arch_kwargs = build_generator(cfg)
+        g_arch = cfg.model.arch
+    else:
+        generator, g_arch, arch_kwargs = custom
     runtime = Runtime(device=device, dist=info, bf16=loop.bf16, channels_last=loop.channels_last,
                       compile=loop.compile, grad_clip=loop.grad_clip or None)
     runtime.prepare_module(generator)
     objective: Objective = build_objective(generator, cfg, runtime)
     ema = ModelEMA(generator, loop.ema_decay) if loop.ema_decay > 0 else None
-    models = {"net_g": (generator, cfg.model.arch, arch_kwargs), **objective.networks()}
+    models = {"net_g": (generator, g_arch, arch_kwargs), **objective.networks()}
 
     saver = None
+    best_name, higher_better = objective.best_metric  # the first validated value, e.g. ("psnr", True)
     if info.is_main:  # rank 0 first: the saver tidies temp folders left by a crash
-        saver = CheckpointSaver(run_dir / "checkpoints", keep_last=loop.keep_last, best_metric=BEST_METRIC)
+        saver = CheckpointSaver(run_dir / "checkpoints", keep_last=loop.keep_last, best_metric=best_name,
+                                mode="max" if higher_better else "min")
 
     # --- resume ------------------------------------------------------------------------------
-    start, skipped, consecutive, val_metrics, best_psnr = 0, 0, 0, {}, -math.inf
+    start, skipped, consecutive, val_metrics, best_value = 0, 0, 0, {}, -math.inf  # best_value: sign-adjusted
     rng_to_restore = None
     if checkpoint is not None:
         state = _restore(saver or CheckpointSaver(checkpoint.parent), checkpoint, models, ema, objective)
@@ -361,7 +393,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
         skipped = int(state.get("skipped_steps", 0))
         consecutive = int(state.get("consecutive_skips", 0))
         val_metrics = dict(state.get("val_metrics", {}))
-        best_psnr = float(state.get("best_psnr", -math.inf))
+        best_value = float(state.get("best_value", state.get("best_psnr", -math.inf)))
         rngs = state.get("rng") or []
         rng_to_restore = rngs[info.rank] if len(rngs) == info.world_size else None
         data_state = state.get("data", {})
@@ -377,8 +409,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                            ema.module if ema is not None else None)
 
     # --- data --------------------------------------------------------------------------------
-    dataset, stream, loader = build_train_stream(cfg, info, start, pin_memory=device.type == "cuda")
+    dataset, stream, loader = build_train_stream(cfg, info, start, pin_memory=device.type == "cuda",
+                                                 dataset=objective.train_dataset())
     val_set = load_val_set(cfg) if cfg.data.val is not None and info.is_main else []
+    val_metric_fns = build_val_metrics(cfg, device) if val_set else {}  # bad names fail before training
     data_iter = iter(loader)
     if rng_to_restore is not None:
         restore_rng_state(rng_to_restore)
@@ -408,7 +442,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                 "skipped_steps": skipped,
                 "consecutive_skips": consecutive,
                 "val_metrics": val_metrics,
-                "best_psnr": best_psnr,
+                "best_value": best_value,
             }
             metric = next(iter(val_metrics.values()), None) if last_val_iteration == iteration else None
             path = saver.save(
@@ -481,22 +515,28 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                 n_since_log, t_log = 0, time.perf_counter()
 
             save_due = iteration % loop.save_every == 0 or iteration == loop.iterations
-            if cfg.data.val is not None and (iteration % loop.val_every == 0 or iteration == loop.iterations):
+            if (cfg.data.val is not None or objective.own_validation) and \
+                    (iteration % loop.val_every == 0 or iteration == loop.iterations):
                 if info.is_main:
                     t0 = time.perf_counter()
                     val_metrics = {}
                     eval_models = objective.validation_models(ema.module if ema is not None else generator)
                     for name, eval_model in eval_models.items():
-                        val_metrics.update(validate(eval_model, val_set, cfg, device, log, iteration,
-                                                    prefix=f"val/{name}/" if name else "val/"))
+                        prefix = f"val/{name}/" if name else "val/"
+                        if objective.own_validation:
+                            own = objective.validate(eval_model, iteration)
+                            val_metrics.update({f"{prefix}{k}": v for k, v in own.items()})
+                        else:
+                            val_metrics.update(validate(eval_model, val_set, cfg, device, log, iteration,
+                                                        prefix=prefix, metrics=val_metric_fns))
                     log.scalars(val_metrics, iteration)
                     log.info(f"validation @ {iteration} ({time.perf_counter() - t0:.1f} s, "
                              f"{'EMA' if ema is not None else 'raw'} weights): {_format(val_metrics)}")
                 val_metrics = D.broadcast_object(val_metrics, info)
                 last_val_iteration = iteration
-                psnr = next(iter(val_metrics.values()), -math.inf)  # first model's PSNR
-                if psnr > best_psnr:  # every new best is saved, so "best" is always on disk
-                    best_psnr = psnr
+                value = next(iter(val_metrics.values()), math.nan)  # first model's best_name metric
+                if (value if higher_better else -value) > best_value:  # every new best is saved
+                    best_value = value if higher_better else -value
                     save_due = True
             if save_due:
                 last_checkpoint = save(iteration) or last_checkpoint

@@ -11,17 +11,20 @@ checkpoints and resume. An :class:`Objective` owns everything that differs betwe
 - ``step(batch, iteration)`` does the forward passes, losses, backward passes and optimizer steps
   of one iteration and returns scalars to log.
 
-Shipped: :class:`PSNRObjective` (L1 / L2 / Charbonnier pixel loss). Planned, without touching the
-loop: a ``GANObjective`` (config type ``gan``/``ranksrgan``) that builds ``net_d`` (VGG-style
-discriminator), a frozen VGG feature extractor and optionally a frozen Ranker, and alternates a
-generator step (pixel + perceptual + adversarial + rank-content losses, D frozen) with a
-discriminator step, each through :meth:`Objective.optimize`; and an ``EAAdamObjective`` that keeps
-a population of generators with preference vectors, normalises per-loss gradients before its Adam
-steps and runs an EA phase inside ``step`` at cycle boundaries (its extra state - population,
-fitness, ideal/nadir points - goes through :meth:`Objective.extra_state`; the other individuals are
-saved through :meth:`Objective.networks` and validated through :meth:`Objective.validation_models`;
-its two-loss normalised-gradient update calls :meth:`Runtime.all_finite` and raises
-:class:`NonFiniteLossError` itself instead of using :meth:`Objective.optimize`). A new objective
+Shipped: :class:`PSNRObjective` (L1 / L2 / Charbonnier pixel loss) and :class:`GANObjective`
+(config types ``gan``/``ranksrgan``), which builds ``net_d`` from the arch registry, a frozen VGG
+feature extractor and optionally a frozen Ranker, and alternates a generator step (pixel +
+perceptual + adversarial + rank-content losses, D frozen) with a discriminator step, each through
+:meth:`Objective.optimize`. EA-Adam's objectives live in their method modules and are imported
+on first use (:func:`objective_class`): ``ea_adam`` (:class:`perceptsr.ea_adam.EAAdamObjective`, a
+population with preference vectors, normalised-gradient Adam steps and EA phases inside ``step``;
+other individuals through :meth:`Objective.networks` / :meth:`Objective.validation_models`, phase
+counters and fitness through :meth:`Objective.extra_state`) and ``fusion``
+(:class:`perceptsr.fusion.FusionObjective`, whose trained module comes from
+:meth:`Objective.build_generator`). ``ranker`` (:class:`perceptsr.ranker.RankerObjective`) trains
+a Ranker on its own pair dataset (:meth:`Objective.train_dataset`) and validates it itself
+(``own_validation``, :meth:`Objective.validate`), its best checkpoint picked by
+:attr:`Objective.best_metric` (SROCC, higher is better). A new objective
 registers its option dataclass with ``@ObjectiveConfig.register(name)`` in :mod:`perceptsr.config`
 and its class with :func:`register_objective`.
 """
@@ -36,7 +39,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from perceptsr.config import ObjectiveConfig, PSNRObjectiveConfig, TrainConfig
+from perceptsr.config import GANObjectiveConfig, ModelConfig, ObjectiveConfig, PSNRObjectiveConfig, TrainConfig
+from perceptsr.errors import ConfigError
+from perceptsr.losses.gan import discriminator_loss, generator_loss
 from perceptsr.train.distributed import DistInfo, all_true
 from perceptsr.train.optim import IterationLR, build_optimizer, build_scheduler
 
@@ -45,8 +50,10 @@ __all__ = [
     "Runtime",
     "Objective",
     "PSNRObjective",
+    "GANObjective",
     "register_objective",
     "build_objective",
+    "objective_class",
     "pixel_loss",
 ]
 
@@ -117,6 +124,13 @@ class Objective:
         self.options = cfg.objective
         self.runtime = runtime
 
+    @classmethod
+    def build_generator(cls, cfg: TrainConfig) -> tuple[nn.Module, str, dict] | None:
+        """The module the loop trains and saves as ``net_g``, with its (arch, arch kwargs) for the
+        checkpoint; None (the default) = the generator of ``cfg.model``. Overridden by objectives
+        whose trained module is not a registered architecture (EA-Adam fusion)."""
+        return None
+
     # --- what the loop checkpoints -------------------------------------------------------
     def networks(self) -> dict[str, tuple[nn.Module, str, dict]]:
         """Trainable networks *besides* the generator (the loop saves that one as ``net_g``), as
@@ -132,9 +146,23 @@ class Objective:
 
     def validation_models(self, default: nn.Module) -> dict[str, nn.Module]:
         """Models the loop validates, by name; ``default`` is the EMA generator (or the raw one
-        without EMA). The first entry's PSNR picks the "best" checkpoint. Names other than ``""``
-        prefix the logged metrics (``val/<name>/psnr``)."""
+        without EMA). The first entry's first metric picks the "best" checkpoint. Names other than
+        ``""`` prefix the logged metrics (``val/<name>/psnr``)."""
         return {"": default}
+
+    #: (name, higher is better) of the first validated metric, which picks the "best" checkpoint
+    best_metric: tuple[str, bool] = ("psnr", True)
+    #: True: the loop validates through :meth:`validate` instead of ``data.val`` images
+    own_validation: bool = False
+
+    def validate(self, model: nn.Module, iteration: int) -> dict[str, float]:
+        """With ``own_validation``: metrics of ``model`` (keys without ``val/``, ``best_metric`` first)."""
+        raise NotImplementedError
+
+    def train_dataset(self):
+        """The training set (items looked up by ``(epoch, index)`` keys), or None for ``data.train``'s
+        paired images."""
+        return None
 
     def extra_state(self) -> dict:
         """Anything else to restore on resume (counters, populations); must be torch.save-able."""
@@ -207,16 +235,27 @@ def register_objective(name: str):
     return deco
 
 
+# objectives defined in method modules, imported when a config asks for them
+_LAZY_OBJECTIVES = {"ea_adam": "perceptsr.ea_adam", "fusion": "perceptsr.fusion", "ranker": "perceptsr.ranker"}
+
+
+def objective_class(name: str) -> type[Objective]:
+    """The objective class registered for config ``objective.type == name``."""
+    if name not in _OBJECTIVES and name in _LAZY_OBJECTIVES:
+        import importlib
+
+        importlib.import_module(_LAZY_OBJECTIVES[name])
+    if name not in _OBJECTIVES:
+        raise ConfigError(
+            f"config key 'objective.type': no objective implements {name!r}; "
+            f"available: {', '.join(sorted(set(_OBJECTIVES) | set(_LAZY_OBJECTIVES)))}"
+        )
+    return _OBJECTIVES[name]
+
+
 def build_objective(generator: nn.Module, cfg: TrainConfig, runtime: Runtime) -> Objective:
     options: ObjectiveConfig = cfg.objective
-    if options.type not in _OBJECTIVES:
-        from perceptsr.errors import ConfigError
-
-        raise ConfigError(
-            f"config key 'objective.type': no objective implements {options.type!r}; "
-            f"available: {', '.join(sorted(_OBJECTIVES))}"
-        )
-    return _OBJECTIVES[options.type](generator, cfg, runtime)
+    return objective_class(options.type)(generator, cfg, runtime)
 
 
 @register_objective("psnr")
@@ -246,3 +285,147 @@ class PSNRObjective(Objective):
         loss = self.criterion(sr.float(), hr)
         self.optimize(loss, self.optimizer_g, self.generator, name=f"{self.options.loss} loss")
         return {f"loss/{self.options.loss}": loss.item()}
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def build_discriminator(model_cfg: ModelConfig, patch_size: int) -> tuple[nn.Module, str, dict]:
+    """``net_d`` from ``objective.discriminator`` (a registered discriminator, optionally pretrained);
+    returns the module, its canonical registry name and its keyword arguments (for checkpoints)."""
+    from perceptsr.archs import build_arch, get_arch
+
+    key = "config key 'objective.discriminator"
+    try:
+        spec = get_arch(model_cfg.arch)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}.arch': {exc}") from None
+    if spec.kind != "discriminator":
+        raise ConfigError(f"{key}.arch': {model_cfg.arch!r} is a {spec.kind}, not a discriminator")
+    try:
+        net_d = build_arch(spec.name, **model_cfg.kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}.kwargs': {exc}") from None
+    size = getattr(net_d, "input_size", None)
+    if size is not None and size != patch_size:
+        raise ConfigError(
+            f"{key}': {spec.name} takes {size}x{size} inputs but data.train.patch_size is {patch_size}; "
+            f"set objective.discriminator.kwargs.input_size: {patch_size} (or pick a matching arch)"
+        )
+    if model_cfg.pretrained:
+        from perceptsr.checkpoint import convert_state_dict, load_state_dict_strict, read_checkpoint
+
+        ckpt = read_checkpoint(model_cfg.pretrained, prefer_ema=True, key=model_cfg.pretrained_key)
+        sd, _layout = convert_state_dict(ckpt.state_dict)
+        load_state_dict_strict(net_d, sd, strict=model_cfg.strict, source=ckpt.path)
+    return net_d, spec.name, dict(model_cfg.kwargs)
+
+
+@register_objective("gan")
+@register_objective("ranksrgan")
+class GANObjective(Objective):
+    """SRGAN / ESRGAN / RankSRGAN training: a generator step, then a discriminator step.
+
+    Generator step (every ``net_d_iters``-th iteration after ``net_d_init_iters``): pixel, VGG feature,
+    adversarial and (with ``rank``) rank-content losses, summed, with the discriminator's parameters
+    frozen. The discriminator still runs in train mode there (its BN uses the fake batch), as in
+    mmsr/BasicSR, but unwrapped: nothing of it is optimised, so DDP must not wait for its gradients.
+    Discriminator step (every iteration): ``D(HR)`` and ``D(SR.detach())`` as two forward passes
+    (separate BN statistics, as the original) and one backward.
+    """
+
+    def __init__(self, generator: nn.Module, cfg: TrainConfig, runtime: Runtime):
+        super().__init__(generator, cfg, runtime)
+        from perceptsr.losses import PerceptualLoss, RankContentLoss
+
+        opts: GANObjectiveConfig = cfg.objective
+        self.pixel_criterion = pixel_loss(opts.pixel_loss, opts.charbonnier_eps) if opts.pixel_weight > 0 else None
+        self.perceptual = None
+        p = opts.perceptual
+        if p.weight > 0:
+            try:
+                loss = PerceptualLoss(
+                    layer_weights=p.layer_weights, vgg_type=p.vgg_type, weights=p.weights,
+                    use_input_norm=p.use_input_norm, criterion=p.criterion, range_norm=p.range_norm,
+                    loss_weight=p.weight,
+                )
+            except (ValueError, KeyError) as exc:
+                raise ConfigError(f"config key 'objective.perceptual': {exc}") from None
+            self.perceptual = runtime.prepare_module(loss)
+        self.rank = None
+        if opts.rank is not None and opts.rank.weight > 0:
+            r = opts.rank
+            self.rank = runtime.prepare_module(RankContentLoss(
+                r.checkpoint, weight=r.weight, bias=r.bias, bn_mode=r.bn_mode, arch=r.arch,
+                arch_kwargs=r.arch_kwargs,
+            ))
+        self.discriminator, self.d_arch, self.d_kwargs = build_discriminator(
+            opts.discriminator, cfg.data.train.patch_size)
+        runtime.prepare_module(self.discriminator)
+        self.net_g = runtime.wrap(generator)
+        self.net_d = runtime.wrap(self.discriminator)
+        self.optimizer_g = build_optimizer(generator.parameters(), cfg.optim)
+        self.optimizer_d = build_optimizer(self.discriminator.parameters(), opts.optim_d or cfg.optim)
+        self.scheduler_g = build_scheduler(self.optimizer_g, cfg.schedule)
+        self.scheduler_d = build_scheduler(self.optimizer_d, opts.schedule_d or cfg.schedule)
+
+    def networks(self):
+        return {"net_d": (self.discriminator, self.d_arch, self.d_kwargs)}
+
+    def optimizers(self):
+        return {"net_g": self.optimizer_g, "net_d": self.optimizer_d}
+
+    def schedulers(self):
+        return {"net_g": self.scheduler_g, "net_d": self.scheduler_d}
+
+    def step(self, batch, iteration):
+        opts: GANObjectiveConfig = self.options
+        lr = self.runtime.to_device(batch["lr"])
+        hr = self.runtime.to_device(batch["hr"])
+        self.net_g.train()
+        self.net_d.train()
+        g_step = iteration % opts.net_d_iters == 0 and iteration > opts.net_d_init_iters
+        with self.runtime.autocast(), torch.set_grad_enabled(g_step):
+            sr = self.net_g(lr)
+        logs = self._generator_step(sr, hr) if g_step else {}
+        logs.update(self._discriminator_step(sr.detach(), hr))
+        return logs
+
+    def _generator_step(self, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+        opts: GANObjectiveConfig = self.options
+        terms: dict[str, torch.Tensor] = {}
+        if self.pixel_criterion is not None:
+            terms["g_pix"] = opts.pixel_weight * self.pixel_criterion(sr.float(), hr)
+        _set_requires_grad(self.discriminator, False)
+        try:
+            with self.runtime.autocast():
+                if self.perceptual is not None:
+                    terms["g_percep"] = self.perceptual(sr, hr).float()
+                if opts.gan_weight > 0:
+                    real_logits = None
+                    if opts.gan_type == "ragan":
+                        with torch.no_grad():
+                            real_logits = self.discriminator(hr)
+                    fake_logits = self.discriminator(sr)
+                    terms["g_gan"] = opts.gan_weight * generator_loss(opts.gan_type, fake_logits, real_logits)
+                if self.rank is not None:
+                    terms["g_rank"] = self.rank(sr)
+            total = sum(terms.values(), sr.new_zeros((), dtype=torch.float32))
+            self.optimize(total, self.optimizer_g, self.generator, name="generator loss")
+        finally:
+            _set_requires_grad(self.discriminator, True)
+        logs = {f"loss/{k}": v.item() for k, v in terms.items()}
+        logs["loss/g_total"] = total.item()
+        return logs
+
+    def _discriminator_step(self, fake: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+        kind = self.options.gan_type
+        with self.runtime.autocast():
+            real_logits = self.net_d(hr)
+            fake_logits = self.net_d(fake)
+        loss = discriminator_loss(kind, real_logits, fake_logits)
+        self.optimize(loss, self.optimizer_d, self.discriminator, name="discriminator loss")
+        return {"loss/d": loss.item(), "d/real_logit": real_logits.detach().float().mean().item(),
+                "d/fake_logit": fake_logits.detach().float().mean().item()}

@@ -1,0 +1,49 @@
+"""``perceptsr fuse RUN --lr-dir DIR --output FILE``: EA-Adam stage C.
+
+Averages the per-layer weights that a trained fusion run (stage B) predicts over LR images (the
+release: the first 100 DIV2K-train LR images, centre half crop) and collapses the experts into one
+plain network, saved with ``fusion_weights.json`` beside it (loadable by ``perceptsr.load_model``
+and ``perceptsr upscale``; ``perceptsr upscale --tradeoff t`` moves along the front from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="fusion run folder (its latest checkpoint), a checkpoint folder or its "
+                        "net_g.safetensors")
+    parser.add_argument("--lr-dir", required=True, help="folder of LR images to average the weights over (sorted)")
+    parser.add_argument("--output", required=True, help="fused checkpoint to write (.safetensors); "
+                        "fusion_weights.json goes beside it")
+    parser.add_argument("--experts", help="population folder (member_<i> files); default: the files the run recorded")
+    parser.add_argument("--max-images", type=_positive, default=100, help="first N images of --lr-dir (default 100)")
+    parser.add_argument("--no-crop", action="store_true", help="use whole images instead of their centre half")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from perceptsr.fusion import fuse_run
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt, json_path, weights = fuse_run(args.run, args.lr_dir, args.output, experts=args.experts,
+                                        max_images=args.max_images, crop=not args.no_crop, device=device,
+                                        progress=not args.quiet)
+    mean = torch.stack(list(weights.values())).mean(0)
+    print(f"fused {len(weights)} layers into {ckpt} (weights in {json_path}); "
+          f"mean weight per expert: {', '.join(f'{w:.3f}' for w in mean.tolist())}")
+    return 0
