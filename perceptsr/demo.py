@@ -252,15 +252,23 @@ def _training_lr(ctx: DemoContext) -> Path:
 
 
 def stage_rank_data(ctx: DemoContext) -> dict:
-    """Levels GAN > PSNR > bicubic on the training images, patches labelled with NIQE."""
-    from perceptsr.ranker import RankDataOptions, build_rank_dataset, prepare_level
+    """Levels HR > GAN > PSNR > bicubic on the training images (the paper's RankSRGAN-HR variant),
+    patches labelled with NIQE.
+
+    Minutes-old models make smooth outputs and near-identical GAN/PSNR levels, so the texture filter
+    looks at the HR patch and the gap filter compares the GAN level with bicubic (the paper: the best
+    SR level, and the two best SR levels).
+    """
+    from perceptsr.ranker import RankDataOptions, RankLevel, build_rank_dataset, prepare_level
 
     out = ctx.stage_dir("rank_data")
     lr_dir = str(_training_lr(ctx))
-    levels = [prepare_level(name, source, lr_dir, out, scale=SCALE, progress=ctx.progress)
-              for name, source in (("gan", ctx.results["gan"]["generator"]),
-                                   ("psnr", ctx.results["psnr"]["generator"]), ("bicubic", "bicubic"))]
+    levels = [RankLevel("hr", ctx.results["data"]["train_hr"], hr=True)]
+    levels += [prepare_level(name, source, lr_dir, out, scale=SCALE, progress=ctx.progress)
+               for name, source in (("gan", ctx.results["gan"]["generator"]),
+                                    ("psnr", ctx.results["psnr"]["generator"]), ("bicubic", "bicubic"))]
     options = RankDataOptions(patch_size=200, stride=100, max_patches=24, valid_fraction=0.25, split_by="image",
+                              texture_level="hr", gap_levels=("gan", "bicubic"),
                               metric=niqe_metric_name(ctx), scale=SCALE)
     summary = build_rank_dataset(levels, out / "dataset", options, workers=2, progress=ctx.progress)
     return {"dataset": str(out / "dataset"), "summary": summary}
@@ -324,8 +332,9 @@ def stage_ea_adam(ctx: DemoContext) -> dict:
     config["model"] = {**_small_generator(), "pretrained": ctx.results["psnr"]["generator"]}
     config["objective"].update({
         "type": "ea_adam", "population": 3, "freeze_first": True, "discriminator": discriminator,
-        "t_adam": 1, "epoch_iterations": max(1, iterations // 3), "t_ea": 4, "eval_images": 4,
-        "eval_patch_size": 64, "plane_metric": None,
+        # two EA phases (before iterations ~n/2 and n) of 3 generations on 100 patches of 2 images
+        "t_adam": 1, "epoch_iterations": max(1, (iterations - 1) // 2), "t_ea": 3, "eval_images": 2,
+        "eval_patch_size": 64, "eval_max_patches": 50, "plane_metric": None,
     })
     result = _train(ctx, "ea_adam", config)
     population = Path(result["run_dir"]) / "population" / "final"
@@ -349,7 +358,7 @@ def stage_fusion(ctx: DemoContext) -> dict:
         "discriminator": {**discriminator, "pretrained": ctx.results["ea_adam"]["discriminator"]},
     })
     result = _train(ctx, "fusion", config)
-    fused, weights_json, _ = fuse_run(result["checkpoint"], _training_lr(ctx), ctx.stage_dir("fusion") / "fused",
+    fused, weights_json, _ = fuse_run(result["checkpoint"], _training_lr(ctx), ctx.stage_dir("fusion") / "ea_adam_fused.safetensors",
                                       max_images=20)
     result.update({"fused": str(fused), "fusion_weights": str(weights_json), "models": {"EA-Adam fused": str(fused)}})
     return result
@@ -409,7 +418,7 @@ STAGES: dict[str, tuple[str, Callable[[DemoContext], dict]]] = {
     "niqe": ("NIQE pristine model", stage_niqe),
     "psnr": ("PSNR pre-training (MSRResNet x4)", stage_psnr),
     "gan": ("SRGAN training from the PSNR model", stage_gan),
-    "rank_data": ("rank dataset: GAN / PSNR / bicubic patches labelled with NIQE", stage_rank_data),
+    "rank_data": ("rank dataset: HR / GAN / PSNR / bicubic patches labelled with NIQE", stage_rank_data),
     "ranker": ("Ranker (Siamese VGG-12, margin ranking)", stage_ranker),
     "ranksrgan": ("RankSRGAN: rank-content loss with the frozen Ranker", stage_ranksrgan),
     "ea_adam": ("EA-Adam stage A: population of 3 generators, Adam + EA phases", stage_ea_adam),

@@ -14,7 +14,10 @@ SHARED = Path(os.environ.get("PERCEPTSR_SHARED", REPO_ROOT.parent / "shared"))
 # Tests never download: a missing asset must fail fast with its "put it in ..." message.
 os.environ["PERCEPTSR_OFFLINE"] = "1"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One core per xdist worker: oversubscribed OpenMP threads spin against each other and can make
+# convolutions tens of times slower on a 2-core machine.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 if (SHARED / "assets").is_dir():
     os.environ.setdefault("PERCEPTSR_ASSETS", str(SHARED / "assets"))

@@ -24,7 +24,11 @@ def test_every_stage_finishes_and_records_its_results(demo_run):
     assert "<table" in html and "data:image/png;base64," in html
     results = json.loads((out / "eval" / "results.json").read_text())
     entries = {row["model"] for row in results["summary"]}
-    assert {"bicubic", "PSNR (MSRResNet)"} <= entries
+    assert entries == {"bicubic", "PSNR (MSRResNet)", "SRGAN", "RankSRGAN", "EA-Adam member 1",
+                       "EA-Adam member 2", "EA-Adam fused"}
+    rank = ctx.results["rank_data"]["summary"]
+    assert rank["complete"] and (out / "rank_data" / "dataset" / "train_label.txt").is_file()
+    assert set(ctx.results["ranker"]["val"]) >= {"val/srocc", "val/kendall", "val/accuracy"}
 
 
 def test_niqe_model_is_fitted_when_the_official_one_is_missing(demo_run, monkeypatch):

@@ -75,10 +75,6 @@ def test_caffe_asset(assets_dir, images):
     assert loss.convention == "caffe"
     value = loss(x, y)
     assert value.item() > 0 and loss(x, x).item() == 0.0
-    try:
-        import perceptsr.assets  # noqa: F401
-    except ImportError:
-        return
     by_name = PerceptualLoss(weights="caffe")
     assert by_name.convention == "caffe"
     assert torch.allclose(by_name(x, y), value)

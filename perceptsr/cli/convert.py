@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perceptsr.checkpoint import load_model, read_checkpoint, save_model
+    from perceptsr.checkpoint import load_model, save_model
     from perceptsr.errors import CheckpointError
 
     src, dst = Path(args.input), Path(args.output)

@@ -26,7 +26,7 @@ def _sr_dir(value: str) -> tuple[str, str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from perceptsr.cli.upscale import _tile
+    from perceptsr.cli.argtypes import tile_size
 
     parser.add_argument("--model", action="append", default=[], metavar="[NAME=]CHECKPOINT",
                         help="a generator checkpoint, or 'bicubic' for the baseline (repeatable; "
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder holding datasets by name (default $PERCEPTSR_DATA, else ./datasets/benchmark "
                         "or ../shared/datasets/benchmark)")
     parser.add_argument("--scale", type=int, default=None, help="SR scale (default: the models', else 4)")
-    parser.add_argument("--tile", type=_tile, default="auto",
+    parser.add_argument("--tile", type=tile_size, default="auto",
                         help="tile size in LR pixels, 'auto' (default) or 0 for whole images")
     parser.add_argument("--tile-pad", type=int, default=16, help="LR context pixels around each tile (default 16)")
     parser.add_argument("--save-images", action="store_true",

@@ -15,18 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-
-def _int_at_least(minimum: int):
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
-        return number
-
-    return parse
+from perceptsr.cli.argtypes import int_at_least
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,16 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMAGE", help="an image file or a folder of images")
     parser.add_argument("ref", metavar="REF", nargs="?", help="reference image or folder (full-reference metrics)")
     parser.add_argument("--preset", default=None, help="protocol preset: pirm, sr-y, sr-rgb")
-    parser.add_argument("--scale", type=_int_at_least(1), default=None, help="SR scale for presets sr-y/sr-rgb (crop = scale)")
+    parser.add_argument("--scale", type=int_at_least(1), default=None, help="SR scale for presets sr-y/sr-rgb (crop = scale)")
     parser.add_argument("--color", choices=("rgb", "y", "gray"), default=None, help="colour space (default: the metric's)")
-    parser.add_argument("--crop-border", type=_int_at_least(0), default=None, help="pixels cropped from each border")
+    parser.add_argument("--crop-border", type=int_at_least(0), default=None, help="pixels cropped from each border")
     rounding = parser.add_mutually_exclusive_group()
     rounding.add_argument("--round-uint8", dest="round_uint8", action="store_true", default=None,
                           help="snap inputs and converted channels to the uint8 grid (MATLAB uint8)")
     rounding.add_argument("--no-round-uint8", dest="round_uint8", action="store_false")
     parser.add_argument("--pair", choices=("stem", "order"), default="stem",
                         help="folder mode: pair files by stem (default) or by sorted order")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=16, help="images per batch (same size only)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=16, help="images per batch (same size only)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--out", default=None, help="write per-image values and the mean to a .csv or .json file")

@@ -5,31 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _tile(value: str):
-    """``auto``, or a tile size in LR pixels (``0`` = whole images, no tiling)."""
-    if value.strip().lower() == "auto":
-        return "auto"
-    try:
-        size = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of pixels, got {value!r}") from None
-    if size < 0:
-        raise argparse.ArgumentTypeError(f"tile must be >= 0 (0 = no tiling), got {size}")
-    return size or None
-
-
-def _int_at_least(minimum: int):
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {number}")
-        return number
-
-    return parse
+from perceptsr.cli.argtypes import int_at_least, tile_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,15 +14,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="an image file, or a folder (all its images, sorted)")
     parser.add_argument("--output", required=True, help="folder for the PNG results (created if missing)")
     parser.add_argument(
-        "--tile", type=_tile, default="auto",
+        "--tile", type=tile_size, default="auto",
         help="tile size in LR pixels, 'auto' (from free memory, halved on out-of-memory; default) or 0 for whole images",
     )
     parser.add_argument(
-        "--tile-pad", type=_int_at_least(0), default=16,
+        "--tile-pad", type=int_at_least(0), default=16,
         help="LR pixels of context around each tile (default 16); tiles match the untiled result "
         "once this covers the model's receptive field",
     )
-    parser.add_argument("--batch", type=_int_at_least(1), default=4, help="tiles (or images) per forward pass (default 4)")
+    parser.add_argument("--batch", type=int_at_least(1), default=4, help="tiles (or images) per forward pass (default 4)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--suffix", default="", help="appended to each output file name before .png (default none)")
     parser.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
