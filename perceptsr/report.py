@@ -39,7 +39,7 @@ from perceptsr.errors import ConfigError, ImageReadError
 __all__ = ["build_report", "find_sources", "pareto_front", "read_scalars"]
 
 #: Perception metrics drawn against PSNR on the perception-distortion plane.
-PD_METRICS = ("lpips", "niqe")
+PD_METRICS = ("lpips", "dists", "niqe", "pi")  # lower-better perceptual metrics (and variants: lpips-vgg, ...)
 #: Side of the crop window in HR pixels (smaller images use half their shorter side).
 CROP_SIZE = 96
 _URL = re.compile(r"https?://\S+")
@@ -374,8 +374,8 @@ def build_report(
             body.append(f'<details><summary>Metric protocols</summary><ul class="notes">{protocols}</ul></details>')
         body.append("<h2>Perception-distortion plane</h2>")
         drawn = False
-        for metric in PD_METRICS:
-            if "psnr" in res["metrics"] and metric in res["metrics"]:
+        for metric in res["metrics"]:
+            if "psnr" in res["metrics"] and metric.split("-")[0] in PD_METRICS:
                 data = _pd_plot(res, metric, stem.with_name(f"{stem.name}_pd_{metric}{tag}.png"))
                 if data is not None:
                     body.append(_img(data, f"PSNR vs {metric}"))

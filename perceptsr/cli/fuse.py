@@ -10,15 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
+from perceptsr.cli.argtypes import int_at_least
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="fused checkpoint to write (.safetensors); "
                         "fusion_weights.json goes beside it")
     parser.add_argument("--experts", help="population folder (member_<i> files); default: the files the run recorded")
-    parser.add_argument("--max-images", type=_positive, default=100, help="first N images of --lr-dir (default 100)")
+    parser.add_argument("--max-images", type=int_at_least(1), default=100, help="first N images of --lr-dir (default 100)")
     parser.add_argument("--no-crop", action="store_true", help="use whole images instead of their centre half")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
