@@ -416,3 +416,36 @@ def test_cli(data_dirs, tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="did you mean 'train.iterations'"):
         cli.run(args)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact(data_dirs, tmp_path, monkeypatch):
+    import os
+    import signal
+    import threading
+
+    from perceptsr.train.objectives import PSNRObjective
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    sections = dict(train={"iterations": 12, "save_every": 5, "val_every": 100, "keep_last": 10})
+    handler_before = signal.getsignal(signal.SIGTERM)
+    full = train(make_cfg(data_dirs, tmp_path, name="full", **sections), progress=False)
+
+    step = PSNRObjective.step
+
+    def step_then_preempt(self, batch, iteration):
+        logs = step(self, batch, iteration)
+        if iteration == 7:  # as a cluster scheduler would, in the middle of an iteration
+            os.kill(os.getpid(), signal.SIGTERM)
+        return logs
+
+    monkeypatch.setattr(PSNRObjective, "step", step_then_preempt)
+    cfg = make_cfg(data_dirs, tmp_path, name="cut", **sections)
+    cut = train(cfg, progress=False)
+    assert cut.stopped_early and cut.iteration == 7 and cut.last_checkpoint.name == "iter_7"
+    assert "received SIGTERM at iteration 7" in (tmp_path / "cut" / "log.txt").read_text()
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the loop's handler is gone again
+    monkeypatch.setattr(PSNRObjective, "step", step)
+    resumed = train(cfg, resume=True, progress=False)
+    assert resumed.iteration == 12
+    _assert_bit_equal(_state(full.generator), _state(resumed.generator))

@@ -24,7 +24,9 @@ import functools
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ from perceptsr.train.ema import ModelEMA
 from perceptsr.train.objectives import NonFiniteLossError, Objective, Runtime, build_objective, objective_class
 from perceptsr.train.sampling import ResumableStream
 
-__all__ = ["TrainingError", "TrainResult", "train", "find_resume_checkpoint", "resolve_device", "build_generator",
+__all__ = ["TrainingError", "TrainResult", "StopSignals", "train", "find_resume_checkpoint", "resolve_device", "build_generator",
            "build_val_metrics", "validate"]
 
 
@@ -59,6 +61,34 @@ class TrainResult:
     stopped_early: bool = False
     generator: torch.nn.Module | None = field(default=None, repr=False)  # final raw weights
     ema_generator: torch.nn.Module | None = field(default=None, repr=False)  # final EMA weights (if any)
+
+
+class StopSignals:
+    """Catch SIGTERM / SIGUSR1 (cluster preemption, ``scancel``, ``kill``) while the loop runs, so it
+    can save a checkpoint at the end of the current iteration and return instead of dying mid-write.
+
+    Installed only in the main thread (signal handlers cannot be set elsewhere); the previous
+    handlers come back on exit.
+    """
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -464,7 +494,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
     last_val_iteration, last_checkpoint, stopped_early = -1, checkpoint, False
     n_since_log, t_log = 0, time.perf_counter()
     iteration = start
+    signals = StopSignals()
     try:
+        signals.__enter__()
         for iteration in range(start + 1, loop.iterations + 1):
             batch = next(data_iter)
             objective.set_iteration(iteration)
@@ -538,10 +570,18 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                 if (value if higher_better else -value) > best_value:  # every new best is saved
                     best_value = value if higher_better else -value
                     save_due = True
-            if save_due:
+            # a stop signal on any rank stops every rank after this iteration, with a checkpoint
+            stop_signal = not D.all_true(signals.received is None, info, device)
+            if save_due or stop_signal:
                 last_checkpoint = save(iteration) or last_checkpoint
             if save_due or last_val_iteration == iteration:  # keep pauses out of it/s
                 n_since_log, t_log = 0, time.perf_counter()
+            if stop_signal:
+                stopped_early = iteration < loop.iterations
+                name = signal.Signals(signals.received).name if signals.received else "a stop signal (another rank)"
+                log.info(f"received {name} at iteration {iteration}: checkpoint {last_checkpoint} saved; "
+                         f"continue with --resume")
+                break
             if stop_after is not None and iteration >= stop_after:
                 stopped_early = iteration < loop.iterations
                 break
@@ -553,6 +593,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                  f"(continue with --resume)")
         raise
     finally:
+        signals.__exit__()
         bar.close()
         del data_iter
         log.close()
