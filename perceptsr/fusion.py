@@ -203,6 +203,20 @@ class _DynamicLayer(nn.Module):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
+    @classmethod
+    def from_stacked(
+        cls, layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None = None,
+        attention: nn.Module | None = None, *, config: AttentionConfig | None = None,
+    ) -> _DynamicLayer:
+        """Build from already stacked ``weight [K, *layer.weight.shape]`` / ``bias [K, ...]``; ``layer``
+        (one expert or a template) gives the geometry only."""
+        obj = cls.__new__(cls)
+        obj._setup(layer, weight, bias, attention, config)
+        return obj
+
+    def _setup(self, layer, weight, bias, attention, config) -> None:
+        raise NotImplementedError
+
     def _init_experts(self, weight: torch.Tensor, bias: torch.Tensor | None, attention: nn.Module) -> None:
         self.num_experts = int(weight.shape[0])
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
@@ -301,17 +315,6 @@ class DynamicConv2d(_DynamicLayer):
         weight, bias = _stack(experts)
         self._setup(experts[0], weight, bias, attention, config)
 
-    @classmethod
-    def from_stacked(
-        cls, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None = None, attention: nn.Module | None = None,
-        *, config: AttentionConfig | None = None,
-    ) -> DynamicConv2d:
-        """Build from already stacked ``weight [K, *conv.weight.shape]`` / ``bias [K, out]``; ``conv``
-        gives the geometry only."""
-        obj = cls.__new__(cls)
-        obj._setup(conv, weight, bias, attention, config)
-        return obj
-
     def _setup(self, conv, weight, bias, attention, config) -> None:
         nn.Module.__init__(self)
         if tuple(weight.shape[1:]) != tuple(conv.weight.shape) or weight.ndim != 5:
@@ -362,12 +365,6 @@ class DynamicLinear(_DynamicLayer):
         weight, bias = _stack(experts)
         self._setup(experts[0], weight, bias, attention, config)
 
-    @classmethod
-    def from_stacked(cls, linear, weight, bias=None, attention=None, *, config=None) -> DynamicLinear:
-        obj = cls.__new__(cls)
-        obj._setup(linear, weight, bias, attention, config)
-        return obj
-
     def _setup(self, linear, weight, bias, attention, config) -> None:
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -405,12 +402,6 @@ class DynamicLayerNorm(_DynamicLayer):
         experts = _check_same(experts, nn.LayerNorm, ("normalized_shape", "eps", "elementwise_affine"))
         weight, bias = _stack(experts)
         self._setup(experts[0], weight, bias, attention, config)
-
-    @classmethod
-    def from_stacked(cls, norm, weight, bias=None, attention=None, *, config=None) -> DynamicLayerNorm:
-        obj = cls.__new__(cls)
-        obj._setup(norm, weight, bias, attention, config)
-        return obj
 
     def _setup(self, norm, weight, bias, attention, config) -> None:
         nn.Module.__init__(self)
