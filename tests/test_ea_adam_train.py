@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from _images import write_smooth_images
 from perceptsr.cli import main as cli_main
 from perceptsr.config import TrainConfig, config_from_dict, load_config
 from perceptsr.ea_adam import CHILDREN_LOG, PHASES_LOG, member_file, neighbourhoods, tchebycheff
@@ -24,21 +24,12 @@ N = 3
 ITERS_A = 6  # EA phases at the start of iterations 3 and 5 (t_adam 1 epoch of 2 iterations)
 
 
-def _write_images(folder: Path, n: int, size: tuple[int, int], seed: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        small = (rng.random((size[0] // 4, size[1] // 4, 3)) * 255).astype(np.uint8)
-        Image.fromarray(small).resize((size[1], size[0]), Image.BICUBIC).save(folder / f"img{i:02d}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ea_data")
-    _write_images(root / "train", 6, (44, 40), seed=1)
-    _write_images(root / "val", 2, (36, 32), seed=2)
-    _write_images(root / "lr", 3, (12, 16), seed=3)
+    write_smooth_images(root / "train", 6, (44, 40), seed=1)
+    write_smooth_images(root / "val", 2, (36, 32), seed=2)
+    write_smooth_images(root / "lr", 3, (12, 16), seed=3)
     return root
 
 

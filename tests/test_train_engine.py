@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from _images import write_smooth_images
 from perceptsr.config import ObjectiveConfig, PSNRObjectiveConfig, TrainConfig, config_from_dict, load_config
 from perceptsr.train.engine import TrainingError, build_generator, train
 from perceptsr.train.objectives import PSNRObjective, register_objective
@@ -48,20 +48,11 @@ class NanPSNRObjective(PSNRObjective):
 # fixtures
 
 
-def _write_images(folder: Path, n: int, size: tuple[int, int], seed: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        small = (rng.random((size[0] // 4, size[1] // 4, 3)) * 255).astype(np.uint8)
-        img = Image.fromarray(small).resize((size[1], size[0]), Image.BICUBIC)
-        img.save(folder / f"img{i:02d}.png")
-
-
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    _write_images(root / "train", 12, (44, 40), seed=1)
-    _write_images(root / "val", 2, (36, 32), seed=2)
+    write_smooth_images(root / "train", 12, (44, 40), seed=1)
+    write_smooth_images(root / "val", 2, (36, 32), seed=2)
     return root
 
 

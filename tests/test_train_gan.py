@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from _images import write_smooth_images
 from perceptsr.archs import build_arch
 from perceptsr.checkpoint import load_training_state, save_model
 from perceptsr.config import TrainConfig, config_from_dict
@@ -23,20 +23,12 @@ from perceptsr.train.objectives import GANObjective, Runtime, build_objective
 RANKER_KWARGS = {"nf": 4, "depth": 8}
 
 
-def _write_images(folder: Path, n: int, size: tuple[int, int], seed: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        small = (rng.random((size[0] // 4, size[1] // 4, 3)) * 255).astype(np.uint8)
-        Image.fromarray(small).resize((size[1], size[0]), Image.BICUBIC).save(folder / f"img{i:02d}.png")
-
-
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gan_data")
-    _write_images(root / "train", 8, (44, 40), seed=1)
-    _write_images(root / "val", 1, (36, 32), seed=2)
-    _write_images(root / "val_big", 1, (200, 200), seed=3)  # NIQE needs 2x2 blocks of 96 after the 4-px shave
+    write_smooth_images(root / "train", 8, (44, 40), seed=1)
+    write_smooth_images(root / "val", 1, (36, 32), seed=2)
+    write_smooth_images(root / "val_big", 1, (200, 200), seed=3)  # NIQE needs 2x2 blocks of 96 after the 4-px shave
     torch.manual_seed(0)
     save_model(root / "ranker.safetensors", build_arch("ranker", **RANKER_KWARGS), arch="ranker",
                arch_kwargs=RANKER_KWARGS)
