@@ -1439,9 +1439,7 @@ class EAAdamObjective(TrainObjective):
 
         report = run_ea_phase(
             [g.state_dict() for g in self.individuals], selector, evaluator, self._scratch, o.t_ea, generator,
-            variation=VariationConfig(p_crossover=o.p_crossover, p_neighbour=o.p_neighbour, p_mutation=o.p_mutation,
-                                      eta=o.eta, p_element=o.p_element, sigma=o.sigma,
-                                      faithful_bias_revert=o.faithful_bias_revert),
+            variation=VariationConfig(**{f.name: getattr(o, f.name) for f in dataclasses.fields(VariationConfig)}),
             neighbourhoods=neighbourhoods(self.n, o.neighbourhood), distributed=self.runtime.dist.enabled,
             on_generation=record, progress=self.runtime.dist.is_main and sys.stderr.isatty(),
         )
