@@ -149,6 +149,12 @@ def stage_niqe(ctx: DemoContext) -> dict:
 # stage 3: PSNR pre-training
 
 
+def _loop(iterations: int, *, ema_decay: float = 0.0, log_times: int = 8) -> dict:
+    """The ``train`` section of a demo stage: validate and save once, at the end."""
+    return {"iterations": iterations, "ema_decay": ema_decay, "log_every": max(1, iterations // log_times),
+            "val_every": iterations, "save_every": iterations, "keep_last": 1}
+
+
 def _train(ctx: DemoContext, name: str, config: dict) -> dict:
     """Run one engine training under ``OUT/<name>/`` (resuming if interrupted); return its files."""
     from perceptsr.config import TrainConfig, config_from_dict
@@ -180,8 +186,7 @@ def stage_psnr(ctx: DemoContext) -> dict:
         "objective": {"type": "psnr", "loss": "l1"},
         "optim": {"type": "adam", "lr": 1e-3, "betas": [0.9, 0.99]},
         "schedule": {"type": "cosine", "periods": [iterations], "restart_weights": [1.0], "eta_min": 1e-6},
-        "train": {"iterations": iterations, "ema_decay": 0.99, "log_every": max(1, iterations // 8),
-                  "val_every": iterations, "save_every": iterations, "keep_last": 1},
+        "train": _loop(iterations, ema_decay=0.99),
     })
     result["models"] = {"PSNR (MSRResNet)": result["generator"]}
     return result
@@ -226,8 +231,7 @@ def _gan_config(ctx: DemoContext, objective: dict, iterations: int) -> dict:
         },
         "optim": {"type": "adam", "lr": 1e-4, "betas": [0.9, 0.99]},
         "schedule": {"type": "multistep", "milestones": [iterations // 2], "gamma": 0.5},
-        "train": {"iterations": iterations, "ema_decay": 0, "log_every": max(1, iterations // 8),
-                  "val_every": iterations, "save_every": iterations, "keep_last": 1},
+        "train": _loop(iterations),
     }
 
 
@@ -285,8 +289,7 @@ def stage_ranker(ctx: DemoContext) -> dict:
                       "val_batch_size": 8},
         "optim": {"type": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-4},
         "schedule": {"type": "multistep", "milestones": [iterations * 2 // 3], "gamma": 0.5},
-        "train": {"iterations": iterations, "ema_decay": 0, "log_every": max(1, iterations // 6),
-                  "val_every": iterations, "save_every": iterations, "keep_last": 1},
+        "train": _loop(iterations, log_times=6),
     })
     result["ranker"] = result.pop("generator")
     return result
@@ -316,11 +319,10 @@ def _ea_common(ctx: DemoContext, iterations: int) -> dict:
         },
         "optim": {"type": "adam", "lr": 1e-4, "betas": [0.9, 0.999]},
         "schedule": {"type": "constant"},
-        "train": {"iterations": iterations, "ema_decay": 0, "log_every": max(1, iterations // 6),
-                  "val_every": iterations, "save_every": iterations, "keep_last": 1},
+        "train": _loop(iterations, log_times=6),
         "objective": {"perceptual": {"weight": feature_weight, "layer_weights": {"conv5_4": 1.0}, "weights": weights},
-                      "gan_type": "vanilla", "gan_weight": 5e-3},
-        "_discriminator": {"arch": "vgg_discriminator", "kwargs": {"num_feat": 16, "input_size": 64}},
+                      "gan_type": "vanilla", "gan_weight": 5e-3,
+                      "discriminator": {"arch": "vgg_discriminator", "kwargs": {"num_feat": 16, "input_size": 64}}},
     }
 
 
@@ -328,19 +330,17 @@ def stage_ea_adam(ctx: DemoContext) -> dict:
     """Stage A: 3 generators (PSNR model frozen as member 0) with Adam and EA phases."""
     iterations = ctx.iterations(40)
     config = _ea_common(ctx, iterations)
-    discriminator = config.pop("_discriminator")
     config["model"] = {**_small_generator(), "pretrained": ctx.results["psnr"]["generator"]}
     config["objective"].update({
-        "type": "ea_adam", "population": 3, "freeze_first": True, "discriminator": discriminator,
+        "type": "ea_adam", "population": 3, "freeze_first": True,
         # two EA phases (before iterations ~n/2 and n) of 3 generations on 100 patches of 2 images
         "t_adam": 1, "epoch_iterations": max(1, (iterations - 1) // 2), "t_ea": 3, "eval_images": 2,
         "eval_patch_size": 64, "eval_max_patches": 50, "plane_metric": None,
     })
     result = _train(ctx, "ea_adam", config)
     population = Path(result["run_dir"]) / "population" / "final"
-    last = population.parent.parent / "checkpoints" / f"iter_{iterations}"
     result.update({"population": str(population),
-                   "discriminator": str(last / "net_d_2.safetensors"),
+                   "discriminator": str(Path(result["checkpoint"]) / "net_d_2.safetensors"),
                    "models": {f"EA-Adam member {i}": str(population / f"member_{i}.safetensors") for i in (1, 2)}})
     return result
 
@@ -351,12 +351,9 @@ def stage_fusion(ctx: DemoContext) -> dict:
 
     iterations = ctx.iterations(40)
     config = _ea_common(ctx, iterations)
-    discriminator = config.pop("_discriminator")
     config["model"] = _small_generator()
-    config["objective"].update({
-        "type": "fusion", "experts": ctx.results["ea_adam"]["population"], "pixel_weight": 1e-2,
-        "discriminator": {**discriminator, "pretrained": ctx.results["ea_adam"]["discriminator"]},
-    })
+    config["objective"].update({"type": "fusion", "experts": ctx.results["ea_adam"]["population"], "pixel_weight": 1e-2})
+    config["objective"]["discriminator"]["pretrained"] = ctx.results["ea_adam"]["discriminator"]
     result = _train(ctx, "fusion", config)
     fused, weights_json, _ = fuse_run(result["checkpoint"], _training_lr(ctx), ctx.stage_dir("fusion") / "ea_adam_fused.safetensors",
                                       max_images=20)
