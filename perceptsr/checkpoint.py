@@ -48,7 +48,7 @@ from perceptsr.errors import CheckpointError
 __all__ = [
     "FORMAT_VERSION", "META_KEY", "RAW_PREFIX", "LoadedCheckpoint", "CheckpointSaver",
     "save_model", "read_checkpoint", "read_state_dict", "strip_prefixes", "convert_state_dict", "detect_arch", "load_model",
-    "load_state_dict_strict", "save_training_state", "load_training_state", "capture_rng_state",
+    "load_pretrained", "load_state_dict_strict", "save_training_state", "load_training_state", "capture_rng_state",
     "restore_rng_state", "atomic_write",
 ]
 
@@ -680,6 +680,14 @@ def _natural_key(key: str) -> list[Any]:
 def _listing(items: list[str], limit: int = _MAX_LISTED) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def load_pretrained(module: nn.Module, path: str | os.PathLike, *, key: str | None = None, strict: bool = True) -> nn.Module:
+    """Initialise ``module`` from a checkpoint (EMA weights preferred, legacy layouts converted),
+    loading strictly; errors name the file and the weight set. Returns ``module``."""
+    ckpt = read_checkpoint(path, prefer_ema=True, key=key)
+    sd, _layout = convert_state_dict(ckpt.state_dict)
+    return load_state_dict_strict(module, sd, strict=strict, source=f"{ckpt.path} [{ckpt.weights_key or 'state dict'}]")
 
 
 def load_state_dict_strict(

@@ -129,12 +129,9 @@ def build_generator(cfg: TrainConfig) -> tuple[torch.nn.Module, dict]:
             break
     model = build_arch(cfg.model.arch, **kwargs)
     if cfg.model.pretrained:
-        from perceptsr.checkpoint import convert_state_dict, load_state_dict_strict, read_checkpoint
+        from perceptsr.checkpoint import load_pretrained
 
-        ckpt = read_checkpoint(cfg.model.pretrained, prefer_ema=True, key=cfg.model.pretrained_key)
-        sd, _layout = convert_state_dict(ckpt.state_dict)
-        load_state_dict_strict(model, sd, strict=cfg.model.strict,
-                               source=f"{ckpt.path} [{ckpt.weights_key or 'state dict'}]")
+        load_pretrained(model, cfg.model.pretrained, key=cfg.model.pretrained_key, strict=cfg.model.strict)
     return model, kwargs
 
 

@@ -315,11 +315,9 @@ def build_discriminator(model_cfg: ModelConfig, patch_size: int) -> tuple[nn.Mod
             f"set objective.discriminator.kwargs.input_size: {patch_size} (or pick a matching arch)"
         )
     if model_cfg.pretrained:
-        from perceptsr.checkpoint import convert_state_dict, load_state_dict_strict, read_checkpoint
+        from perceptsr.checkpoint import load_pretrained
 
-        ckpt = read_checkpoint(model_cfg.pretrained, prefer_ema=True, key=model_cfg.pretrained_key)
-        sd, _layout = convert_state_dict(ckpt.state_dict)
-        load_state_dict_strict(net_d, sd, strict=model_cfg.strict, source=ckpt.path)
+        load_pretrained(net_d, model_cfg.pretrained, key=model_cfg.pretrained_key, strict=model_cfg.strict)
     return net_d, spec.name, dict(model_cfg.kwargs)
 
 
