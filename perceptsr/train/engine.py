@@ -67,8 +67,8 @@ class StopSignals:
     """Catch SIGTERM / SIGUSR1 (cluster preemption, ``scancel``, ``kill``) while the loop runs, so it
     can save a checkpoint at the end of the current iteration and return instead of dying mid-write.
 
-    Installed only in the main thread (signal handlers cannot be set elsewhere); the previous
-    handlers come back on exit.
+    :meth:`install` sets the handlers in the main thread only (signal handlers cannot be set
+    elsewhere); :meth:`restore` puts the previous ones back.
     """
 
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
@@ -80,15 +80,15 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
-    def __enter__(self) -> "StopSignals":
+    def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous.clear()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -493,7 +493,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
     iteration = start
     signals = StopSignals()
     try:
-        signals.__enter__()
+        signals.install()
         for iteration in range(start + 1, loop.iterations + 1):
             batch = next(data_iter)
             objective.set_iteration(iteration)
@@ -590,7 +590,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                  f"(continue with --resume)")
         raise
     finally:
-        signals.__exit__()
+        signals.restore()
         bar.close()
         del data_iter
         log.close()
