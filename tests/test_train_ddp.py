@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_engine import _write_images  # also registers the nan_psnr_test objective
+import test_train_engine  # noqa: F401  (registers the nan_psnr_test objective used below)
+from _images import write_smooth_images
 
 WORKER = textwrap.dedent('''
     import dataclasses, hashlib, json, os, sys
@@ -78,8 +79,8 @@ def test_torchrun_two_processes_agree(tmp_path):
         torchrun = shutil.which("torchrun")
         if torchrun is None:
             pytest.skip("torchrun not found")
-    _write_images(tmp_path / "train", 12, (44, 40), seed=1)
-    _write_images(tmp_path / "val", 2, (36, 32), seed=2)
+    write_smooth_images(tmp_path / "train", 12, (44, 40), seed=1)
+    write_smooth_images(tmp_path / "val", 2, (36, 32), seed=2)
     (tmp_path / "worker.py").write_text(WORKER)
     (tmp_path / "ddp.yml").write_text(CONFIG.format(out=tmp_path / "runs", train=tmp_path / "train", val=tmp_path / "val"))
     out = tmp_path / "out"
