@@ -37,8 +37,8 @@ from perceptsr.data import imresize
 from perceptsr.ea_adam import (
     EvalSet,
     FitnessEvaluator,
-    L1Objective,
-    PerceptualObjective,
+    L1Fitness,
+    PerceptualFitness,
     build_eval_set,
     make_child,
     neighbourhoods,
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     models = [build_arch("msrresnet", num_feat=64, num_block=16, upscale=4).to(device) for _ in range(n_pop)]
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
     nb = neighbourhoods(n_pop)
-    evaluator = FitnessEvaluator(es, [L1Objective(), PerceptualObjective(perceptual)],
+    evaluator = FitnessEvaluator(es, [L1Fitness(), PerceptualFitness(perceptual)],
                                  batch_size=args.batch, device=device)
     images = [(evaluator.eval_set.lr[evaluator.eval_set.image_index == j],
                evaluator.eval_set.hr[evaluator.eval_set.image_index == j]) for j in range(es.num_images)]

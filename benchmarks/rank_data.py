@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceptsr.ranker import label_patches, patch_grid
+from perceptsr.ranksrgan import label_patches, patch_grid
 
 SHARED = Path(os.environ.get("PERCEPTSR_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 if (SHARED / "assets").is_dir():

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perceptsr.archs import build_arch  # noqa: E402
 from perceptsr.config import config_from_dict, TrainConfig  # noqa: E402
-from perceptsr.train.objectives import Runtime, build_objective  # noqa: E402
+from perceptsr.train.context import RunContext, Runtime  # noqa: E402
+from perceptsr.train.objectives import build_objective  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -95,7 +96,7 @@ def make_step(device, batch, lr_patch, bf16, channels_last, compile=False):
     model = build_arch("msrresnet", num_feat=64, num_block=16, upscale=4)
     runtime = Runtime(device=device, bf16=bf16, channels_last=channels_last, compile=compile)
     runtime.prepare_module(model)
-    objective = build_objective(model, cfg, runtime)
+    objective = build_objective(model, cfg, RunContext(runtime))
     batch_data = {"lr": torch.rand(batch, 3, lr_patch, lr_patch), "hr": torch.rand(batch, 3, lr_patch * 4, lr_patch * 4)}
     flops = 3 * conv_forward_flops(model, runtime.to_device(batch_data["lr"]))
     state = {"it": 0}

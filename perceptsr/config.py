@@ -28,6 +28,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from perceptsr.errors import ConfigError
+from perceptsr.methods import METHOD_PACKAGES
+from perceptsr.registry import Registry
 
 __all__ = [
     "load_config",
@@ -37,6 +39,7 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "variant_base",
+    "check_field",
     "TrainConfig",
     "ModelConfig",
     "TrainDataConfig",
@@ -45,12 +48,7 @@ __all__ = [
     "ObjectiveConfig",
     "PSNRObjectiveConfig",
     "GANObjectiveConfig",
-    "RankSRGANObjectiveConfig",
     "PerceptualLossConfig",
-    "RankContentConfig",
-    "EAAdamObjectiveConfig",
-    "FusionObjectiveConfig",
-    "RankerObjectiveConfig",
     "OptimConfig",
     "ScheduleConfig",
     "ConstantScheduleConfig",
@@ -70,27 +68,27 @@ _MISSING = object()
 def variant_base(cls):
     """Class decorator: make dataclass ``cls`` a base whose concrete class is chosen by ``type``.
 
-    Subclasses register with ``@cls.register("name")`` and must declare ``type: str = "name"``.
+    Subclasses register with ``@cls.register("name")`` and must declare ``type: str = "name"``;
+    ``cls.variants`` is their :class:`~perceptsr.registry.Registry` (a method package can be named
+    as the provider of a type with ``cls.variants.provided_by``).
     """
-    cls._variants = {}
+    variants = Registry(f"{cls.__name__} type")
 
     def register(name: str):
         def deco(sub):
             if not (isinstance(sub, type) and issubclass(sub, cls)):
                 raise TypeError(f"{sub!r} must subclass {cls.__name__} to register as {name!r}")
-            if name in cls._variants and cls._variants[name] is not sub:
-                raise ValueError(f"{cls.__name__} variant {name!r} is already registered")
-            cls._variants[name] = sub
-            return sub
+            return variants.register(name, sub)
 
         return deco
 
+    cls.variants = variants
     cls.register = staticmethod(register)
     return cls
 
 
 def _is_variant_base(tp) -> bool:
-    return isinstance(tp, type) and "_variants" in tp.__dict__
+    return isinstance(tp, type) and "variants" in tp.__dict__
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,21 +238,21 @@ def _build(cls, data: Any, path: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{_key(path)}: expected a mapping (section), got {_show(data)} ({type(data).__name__})")
     if _is_variant_base(cls):
-        variants = cls._variants
+        variants = cls.variants
         default = next((f.default for f in dataclasses.fields(cls) if f.name == "type"), _MISSING)
         name = data.get("type", default)
         sub = f"{path}.type" if path else "type"
         if name is _MISSING:
-            raise ConfigError(f"{_key(sub)} is required; one of " + ", ".join(map(repr, sorted(variants))))
+            raise ConfigError(f"{_key(sub)} is required; one of " + ", ".join(map(repr, variants.names())))
         if name not in variants:
-            near = difflib.get_close_matches(str(name), list(variants), n=1)
+            near = difflib.get_close_matches(str(name), variants.names(), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError(
                 f"{_key(sub)}: unknown type {_show(name)}; registered: "
-                + ", ".join(map(repr, sorted(variants)))
+                + ", ".join(map(repr, variants.names()))
                 + hint
             )
-        cls = variants[name]
+        cls = variants.get(name)
         data = {**data, "type": name}
         owner = f" for type {name!r}"
     else:
@@ -292,7 +290,7 @@ class _FieldError(ConfigError):
         self.key, self.value, self.message = key, value, message
 
 
-def _check(cond: bool, key: str, value: Any, message: str) -> None:
+def check_field(cond: bool, key: str, value: Any, message: str) -> None:
     """Range check for ``__post_init__``: ``key`` is relative to the section being built."""
     if not cond:
         raise _FieldError(key, value, message)
@@ -429,9 +427,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainDataConfig:
-    """Training pairs. Without ``lr_dir`` the LR is MATLAB-bicubic of the HR, made on the fly."""
+    """Training pairs and batching. Without ``lr_dir`` the LR is MATLAB-bicubic of the HR, made on the
+    fly. ``hr_dir`` may be left out only by objectives that bring their own training set (the Ranker)."""
 
-    hr_dir: str
+    hr_dir: Optional[str] = None
     lr_dir: Optional[str] = None
     patch_size: int = 128  # HR crop size; the LR crop is patch_size // scale
     batch_size: int = 16  # TOTAL over all processes (divided by WORLD_SIZE), as in mmsr
@@ -444,10 +443,10 @@ class TrainDataConfig:
     repeat: int = 1  # dataset repetitions per epoch (DIV2K-style, for small folders)
 
     def __post_init__(self):
-        _check(self.patch_size > 0, "patch_size", self.patch_size, "must be positive")
-        _check(self.batch_size > 0, "batch_size", self.batch_size, "must be positive")
-        _check(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
-        _check(self.repeat >= 1, "repeat", self.repeat, "must be >= 1")
+        check_field(self.patch_size > 0, "patch_size", self.patch_size, "must be positive")
+        check_field(self.batch_size > 0, "batch_size", self.batch_size, "must be positive")
+        check_field(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
+        check_field(self.repeat >= 1, "repeat", self.repeat, "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -463,9 +462,9 @@ class ValDataConfig:
     metrics: tuple[str, ...] = ("psnr", "ssim")  # e.g. [psnr, ssim, niqe]; PSNR picks the best checkpoint
 
     def __post_init__(self):
-        _check(self.metrics[:1] == ("psnr",), "metrics", self.metrics,
+        check_field(self.metrics[:1] == ("psnr",), "metrics", self.metrics,
                "must start with 'psnr' (it picks the best checkpoint)")
-        _check(len(set(self.metrics)) == len(self.metrics), "metrics", self.metrics, "lists a metric twice")
+        check_field(len(set(self.metrics)) == len(self.metrics), "metrics", self.metrics, "lists a metric twice")
 
 
 @dataclass(frozen=True)
@@ -482,6 +481,10 @@ class ObjectiveConfig:
     type: str = "psnr"
 
 
+for _type, _package in METHOD_PACKAGES.items():  # method packages register their own schemas
+    ObjectiveConfig.variants.provided_by(_type, _package)
+
+
 @ObjectiveConfig.register("psnr")
 @dataclass(frozen=True)
 class PSNRObjectiveConfig(ObjectiveConfig):
@@ -492,7 +495,7 @@ class PSNRObjectiveConfig(ObjectiveConfig):
     charbonnier_eps: float = 1e-12  # BasicSR's default; the loss is mean(sqrt(d^2 + eps))
 
     def __post_init__(self):
-        _check(self.charbonnier_eps > 0, "charbonnier_eps", self.charbonnier_eps, "must be > 0")
+        check_field(self.charbonnier_eps > 0, "charbonnier_eps", self.charbonnier_eps, "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -506,9 +509,9 @@ class OptimConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        _check(self.lr >= 0, "lr", self.lr, "must be >= 0")
-        _check(all(0 <= b < 1 for b in self.betas), "betas", self.betas, "each beta must be in [0, 1)")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check_field(self.lr >= 0, "lr", self.lr, "must be >= 0")
+        check_field(all(0 <= b < 1 for b in self.betas), "betas", self.betas, "each beta must be in [0, 1)")
+        check_field(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
 
 
 @variant_base
@@ -536,7 +539,7 @@ class MultiStepScheduleConfig(ScheduleConfig):
 
     def __post_init__(self):
         ms = self.milestones
-        _check(list(ms) == sorted(ms), "milestones", ms, "must be increasing")
+        check_field(list(ms) == sorted(ms), "milestones", ms, "must be increasing")
 
 
 @ScheduleConfig.register("cosine")
@@ -550,9 +553,9 @@ class CosineRestartScheduleConfig(ScheduleConfig):
     eta_min: float = 1e-7
 
     def __post_init__(self):
-        _check(len(self.periods) > 0 and all(p > 0 for p in self.periods), "periods", self.periods,
+        check_field(len(self.periods) > 0 and all(p > 0 for p in self.periods), "periods", self.periods,
                "needs at least one positive period")
-        _check(len(self.restart_weights) == len(self.periods), "restart_weights", self.restart_weights,
+        check_field(len(self.restart_weights) == len(self.periods), "restart_weights", self.restart_weights,
                f"needs one weight per period ({len(self.periods)})")
 
 
@@ -569,23 +572,8 @@ class PerceptualLossConfig:
     range_norm: bool = False
 
     def __post_init__(self):
-        _check(self.weight >= 0, "weight", self.weight, "must be >= 0")
-        _check(bool(self.layer_weights), "layer_weights", self.layer_weights, "needs at least one layer")
-
-
-@dataclass(frozen=True)
-class RankContentConfig:
-    """RankSRGAN's rank-content loss ``weight * sum_batch sigmoid(R(SR) - bias)`` with a frozen Ranker."""
-
-    checkpoint: str  # a Ranker file (native, mmsr or old ``features.N`` layout)
-    weight: float = 0.03
-    bias: float = 0.0  # the original's R_bias
-    bn_mode: Literal["train", "eval"] = "train"  # train = batch statistics, as the original (never calls eval())
-    arch: Optional[str] = None  # null = from the file's metadata or key names
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        _check(self.weight >= 0, "weight", self.weight, "must be >= 0")
+        check_field(self.weight >= 0, "weight", self.weight, "must be >= 0")
+        check_field(bool(self.layer_weights), "layer_weights", self.layer_weights, "needs at least one layer")
 
 
 @ObjectiveConfig.register("gan")
@@ -606,7 +594,6 @@ class GANObjectiveConfig(ObjectiveConfig):
     perceptual: PerceptualLossConfig = field(default_factory=PerceptualLossConfig)
     gan_type: Literal["vanilla", "ragan", "lsgan"] = "vanilla"
     gan_weight: float = 5e-3
-    rank: Optional[RankContentConfig] = None
     discriminator: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg_discriminator_128"))
     optim_d: Optional[OptimConfig] = None
     schedule_d: Optional[ScheduleConfig] = None
@@ -615,127 +602,17 @@ class GANObjectiveConfig(ObjectiveConfig):
 
     def __post_init__(self):
         for name in ("pixel_weight", "gan_weight"):
-            _check(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
-        _check(self.charbonnier_eps > 0, "charbonnier_eps", self.charbonnier_eps, "must be > 0")
-        _check(self.net_d_iters >= 1, "net_d_iters", self.net_d_iters, "must be >= 1")
-        _check(self.net_d_init_iters >= 0, "net_d_init_iters", self.net_d_init_iters, "must be >= 0")
-        weights = (self.pixel_weight, self.perceptual.weight, self.gan_weight, self.rank.weight if self.rank else 0.0)
-        _check(any(w > 0 for w in weights), "gan_weight", self.gan_weight,
-               "the generator needs a loss: pixel_weight, perceptual.weight, gan_weight and rank.weight are all 0")
+            check_field(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        check_field(self.charbonnier_eps > 0, "charbonnier_eps", self.charbonnier_eps, "must be > 0")
+        check_field(self.net_d_iters >= 1, "net_d_iters", self.net_d_iters, "must be >= 1")
+        check_field(self.net_d_init_iters >= 0, "net_d_init_iters", self.net_d_init_iters, "must be >= 0")
+        check_field(any(w > 0 for w in self.loss_weights().values()), "gan_weight", self.gan_weight,
+                    "the generator needs a loss: " + ", ".join(self.loss_weights()) + " are all 0")
 
-
-@ObjectiveConfig.register("ranksrgan")
-@dataclass(frozen=True)
-class RankSRGANObjectiveConfig(GANObjectiveConfig):
-    """The GAN objective with RankSRGAN's defaults: pixel 0, VGG19-54 L1 1.0, vanilla GAN 5e-3, rank
-    0.03 (``rank.checkpoint`` required), 296-input discriminator."""
-
-    type: str = "ranksrgan"
-    pixel_weight: float = 0.0
-    discriminator: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg_discriminator_296"))
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check(self.rank is not None, "rank", self.rank, "is required for type 'ranksrgan' (rank.checkpoint: a Ranker)")
-
-
-@ObjectiveConfig.register("ea_adam")
-@dataclass(frozen=True)
-class EAAdamObjectiveConfig(ObjectiveConfig):
-    """EA-Adam stage A (``perceptsr.ea_adam``; defaults = the released MSRResNet run).
-
-    ``population`` generators start from ``model.pretrained``; individual i has the preference
-    ``(1 - i/(n-1), i/(n-1))`` over (L1, perceptual + ``gan_weight`` * adversarial). An *epoch* is
-    ``epoch_iterations`` iterations (null: floor(training images x ``data.train.repeat`` /
-    ``data.train.batch_size``), as the loop counts them); the EA phase (``t_ea`` generations) runs at
-    the start of iteration t whenever t - 1 is a positive multiple of ``t_adam`` epochs.
-    """
-
-    type: str = "ea_adam"
-    population: int = 5
-    freeze_first: bool = True  # individual 0 stays the PSNR model: no Adam steps, no discriminator
-    protect_first: Optional[bool] = None  # never replaced by an EA child; null = freeze_first (RRDB release: false)
-    perceptual: PerceptualLossConfig = field(default_factory=PerceptualLossConfig)
-    gan_type: Literal["vanilla", "ragan"] = "vanilla"
-    gan_weight: float = 5e-3
-    discriminator: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vgg_discriminator_128"))
-    t_adam: int = 10  # epochs of Adam steps between EA phases
-    epoch_iterations: Optional[int] = None
-    t_ea: int = 200  # generations per EA phase
-    fitness: tuple[str, str] = ("l1", "perceptual")  # "perceptual" = the loss above (VGG only); or metric names
-    selection: Literal["moead", "nsga2"] = "moead"
-    neighbourhood: int = 3
-    p_crossover: float = 0.9
-    p_neighbour: float = 0.7
-    p_mutation: float = 0.2
-    eta: float = 20.0
-    p_element: float = 0.02
-    sigma: float = 0.03
-    faithful_bias_revert: bool = False
-    eval_hr_dir: Optional[str] = None  # EA fitness images; null = data.train.hr_dir (first eval_images, sorted)
-    eval_lr_dir: Optional[str] = None  # null = data.train.lr_dir (or MATLAB bicubic of the HR)
-    eval_images: int = 16
-    eval_patch_size: int = 128
-    eval_max_patches: int = 100  # more patches than this: keep #25..#74, as released
-    eval_batch_size: int = 50
-    plane_metric: Optional[str] = "lpips"  # per-phase PSNR-vs-this plot on data.val; null = no plot
-
-    def __post_init__(self):
-        _check(self.population >= 2, "population", self.population, "must be >= 2")
-        for name in ("t_adam", "t_ea", "eval_images", "eval_patch_size", "eval_max_patches", "eval_batch_size"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        _check(self.epoch_iterations is None or self.epoch_iterations >= 1, "epoch_iterations",
-               self.epoch_iterations, "must be >= 1 or null")
-        _check(1 <= self.neighbourhood <= self.population, "neighbourhood", self.neighbourhood,
-               f"must be in [1, population={self.population}]")
-        for name in ("p_crossover", "p_neighbour", "p_mutation", "p_element"):
-            _check(0 <= getattr(self, name) <= 1, name, getattr(self, name), "must be a probability in [0, 1]")
-        _check(self.gan_weight >= 0, "gan_weight", self.gan_weight, "must be >= 0")
-
-
-@ObjectiveConfig.register("fusion")
-@dataclass(frozen=True)
-class FusionObjectiveConfig(GANObjectiveConfig):
-    """EA-Adam stage B (``perceptsr.fusion``): the GAN objective (defaults: pixel L1 1e-2, VGG19-54,
-    vanilla GAN 5e-3, the released SRResNet fusion run) training only the attention regressors of a
-    dynamic network over ``experts`` (a stage-A population folder, ``member_<i>`` files sorted by
-    index). ``discriminator.pretrained``: a stage-A discriminator. ``model.arch`` must be the
-    experts' architecture."""
-
-    type: str = "fusion"
-    experts: str = ""
-    attention: dict[str, Any] = field(default_factory=dict)  # AttentionConfig overrides (kernel_size, num_feat, ...)
-    attention_seed: Optional[int] = None  # seeds the regressors' initialisation; null = seed
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check(bool(self.experts), "experts", self.experts, "is required (a stage-A population folder)")
-
-
-@ObjectiveConfig.register("ranker")
-@dataclass(frozen=True)
-class RankerObjectiveConfig(ObjectiveConfig):
-    """RankSRGAN stage 2 (``perceptsr.ranker``): train ``model.arch: ranker`` on the folder written by
-    ``perceptsr rank-data``, given as ``data.train.hr_dir``; validation on its ``valid_split``
-    (``data.val`` unused). ``loss``: ``margin`` = Siamese margin ranking (higher score = worse),
-    ``l1``/``l2`` = regression of the metric label (the paper's rank-vs-regression ablation)."""
-
-    type: str = "ranker"
-    loss: Literal["margin", "l1", "l2"] = "margin"
-    margin: float = 0.5
-    clamp: float = 5.0  # scores clamped to [-clamp, clamp] before the margin loss; 0 = off
-    hard_pair_weight: float = 1.0  # sampling weight of the two gap levels' pair (3 = the release's 3:1:1)
-    swap_order: bool = False  # swap pairs at random; the release feeds the better level first (per-side BN)
-    train_split: str = "train"
-    valid_split: str = "valid"
-    val_batch_size: int = 16
-    best_metric: Literal["srocc", "kendall", "accuracy"] = "srocc"  # picks the best checkpoint
-
-    def __post_init__(self):
-        _check(self.margin >= 0, "margin", self.margin, "must be >= 0")
-        _check(self.clamp >= 0, "clamp", self.clamp, "must be >= 0")
-        _check(self.hard_pair_weight > 0, "hard_pair_weight", self.hard_pair_weight, "must be > 0")
-        _check(self.val_batch_size >= 1, "val_batch_size", self.val_batch_size, "must be >= 1")
+    def loss_weights(self) -> dict[str, float]:
+        """The generator's loss weights by config key (a subclass with more terms adds its own)."""
+        return {"pixel_weight": self.pixel_weight, "perceptual.weight": self.perceptual.weight,
+                "gan_weight": self.gan_weight}
 
 
 @dataclass(frozen=True)
@@ -758,11 +635,11 @@ class LoopConfig:
     deterministic: bool = False  # deterministic kernels, no cuDNN autotuning: bit-exact resume on CUDA (slower)
 
     def __post_init__(self):
-        _check(self.iterations > 0, "iterations", self.iterations, "must be positive")
-        _check(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in [0, 1)")
+        check_field(self.iterations > 0, "iterations", self.iterations, "must be positive")
+        check_field(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in [0, 1)")
         for name in ("log_every", "val_every", "save_every", "keep_last", "max_skips"):
-            _check(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
-        _check(self.grad_clip is None or self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0")
+            check_field(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
+        check_field(self.grad_clip is None or self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -781,9 +658,9 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ConstantScheduleConfig)
 
     def __post_init__(self):
-        _check(self.scale in (1, 2, 3, 4, 8), "scale", self.scale, "must be 1, 2, 3, 4 or 8")
-        _check(bool(self.name) and "/" not in self.name, "name", self.name, "must be a non-empty folder name")
+        check_field(self.scale in (1, 2, 3, 4, 8), "scale", self.scale, "must be 1, 2, 3, 4 or 8")
+        check_field(bool(self.name) and "/" not in self.name, "name", self.name, "must be a non-empty folder name")
         ps = self.data.train.patch_size
-        _check(ps % self.scale == 0, "data.train.patch_size", ps, f"must be a multiple of scale {self.scale}")
+        check_field(ps % self.scale == 0, "data.train.patch_size", ps, f"must be a multiple of scale {self.scale}")
 
 

@@ -159,12 +159,14 @@ def _train(ctx: DemoContext, name: str, config: dict) -> dict:
     """Run one engine training under ``OUT/<name>/`` (resuming if interrupted); return its files."""
     from perceptsr.config import TrainConfig, config_from_dict
     from perceptsr.train.engine import train
+    from perceptsr.train.objectives import objective_class
 
     config = {"name": "run", "output_root": str(ctx.stage_dir(name)), **config}
     cfg = config_from_dict(TrainConfig, config)
     result = train(cfg, resume=True, command=f"perceptsr demo (stage {name})", progress=ctx.progress)
+    trained = objective_class(cfg.objective.type).trained_network
     return {"run_dir": str(result.run_dir), "checkpoint": str(result.last_checkpoint),
-            "generator": str(result.last_checkpoint / "net_g.safetensors"),
+            "generator": str(result.last_checkpoint / f"{trained}.safetensors"),
             "val": {k: round(v, 4) for k, v in result.val_metrics.items()}}
 
 
@@ -263,7 +265,7 @@ def stage_rank_data(ctx: DemoContext) -> dict:
     looks at the HR patch and the gap filter compares the GAN level with bicubic (the paper: the best
     SR level, and the two best SR levels).
     """
-    from perceptsr.ranker import RankDataOptions, RankLevel, build_rank_dataset, prepare_level
+    from perceptsr.ranksrgan import RankDataOptions, RankLevel, build_rank_dataset, prepare_level
 
     out = ctx.stage_dir("rank_data")
     lr_dir = str(_training_lr(ctx))
@@ -282,11 +284,10 @@ def stage_ranker(ctx: DemoContext) -> dict:
     iterations = ctx.iterations(150)
     result = _train(ctx, "ranker", {
         "model": {"arch": "ranker", "kwargs": {"in_nc": 3, "nf": 16, "depth": 12}},
-        "data": {"train": {"hr_dir": ctx.results["rank_data"]["dataset"], "batch_size": 8, "num_workers": 0,
-                           "patch_size": 200}},
+        "data": {"train": {"batch_size": 8, "num_workers": 0, "patch_size": 200}},
         "scale": 1,
-        "objective": {"type": "ranker", "loss": "margin", "margin": 0.5, "clamp": 5.0, "swap_order": True,
-                      "val_batch_size": 8},
+        "objective": {"type": "ranker", "rank_dir": ctx.results["rank_data"]["dataset"], "loss": "margin",
+                      "margin": 0.5, "clamp": 5.0, "swap_order": True, "val_batch_size": 8},
         "optim": {"type": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-4},
         "schedule": {"type": "multistep", "milestones": [iterations * 2 // 3], "gamma": 0.5},
         "train": _loop(iterations, log_times=6),
@@ -337,11 +338,13 @@ def stage_ea_adam(ctx: DemoContext) -> dict:
         "t_adam": 1, "epoch_iterations": max(1, (iterations - 1) // 2), "t_ea": 3, "eval_images": 2,
         "eval_patch_size": 64, "eval_max_patches": 50, "plane_metric": None,
     })
+    from perceptsr.ea_adam import discriminator_name, member_file, population_folder
+
     result = _train(ctx, "ea_adam", config)
-    population = Path(result["run_dir"]) / "population" / "final"
+    population = Path(result["run_dir"]) / population_folder()
     result.update({"population": str(population),
-                   "discriminator": str(Path(result["checkpoint"]) / "net_d_2.safetensors"),
-                   "models": {f"EA-Adam member {i}": str(population / f"member_{i}.safetensors") for i in (1, 2)}})
+                   "discriminator": str(Path(result["checkpoint"]) / f"{discriminator_name(2)}.safetensors"),
+                   "models": {f"EA-Adam member {i}": str(member_file(population, i)) for i in (1, 2)}})
     return result
 
 

@@ -20,8 +20,10 @@ Conventions (the usual MATLAB ones):
   after (``baby_x4``, ``baby_SR``, ``babyx4``, ``baby-RankSRGAN``), case-insensitively; an exact
   stem wins, then the longest HR stem that fits. A folder may hold one sub-folder per dataset
   (``DIR/Set5/...``, also matched case-insensitively), else its images are used for every dataset.
-* **Grey images.** A grey HR is scored against a grey SR; an RGB SR of a grey HR is reduced to its
-  channel mean (exact for R = G = B), a grey SR of an RGB HR is repeated to three channels.
+* **Grey images.** Files are used with their own channels (a grey LR gives a grey SR). A grey/colour
+  SR-HR pair is matched per metric as MATLAB scripts do, by
+  :func:`perceptsr.metrics.protocol.match_channels`: the colour image is reduced to the metric's Y or
+  grey channel (the grey image is repeated to RGB for RGB metrics), as ``perceptsr metric`` does.
 * **Failures.** Unreadable or size-mismatched images are skipped and listed with the reason; every
   mean records how many images it covers (``count`` of ``total``), and the Markdown table states
   ``n/N images`` whenever fewer than all were scored. A metric whose asset is missing (``ma``/``pi``
@@ -209,14 +211,6 @@ def _bicubic_up(lr: np.ndarray, scale: int, bits: int) -> np.ndarray:
     return (out.astype(np.float32) / np.float32(2**bits - 1)).astype(np.float32)
 
 
-def _match_channels(sr: np.ndarray, hr: np.ndarray) -> np.ndarray:
-    if sr.shape[2] == hr.shape[2]:
-        return sr
-    if hr.shape[2] == 1:
-        return sr.mean(axis=2, keepdims=True)
-    return np.repeat(sr, hr.shape[2], axis=2)
-
-
 def _tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))[None]
 
@@ -240,8 +234,6 @@ def _load_pair(hr_path: Path, lr_path: Path | None, scale: int) -> tuple[np.ndar
             f"{lr_path}: size mismatch: LR {lr.shape[0]}x{lr.shape[1]} x{scale} is not the "
             f"modcropped HR {hr.shape[0]}x{hr.shape[1]} of {hr_path}"
         )
-    if lr.shape[2] != hr.shape[2]:
-        lr = _match_channels(lr, hr)
     return hr, lr, _bits(lr_path), str(lr_path.resolve())
 
 
@@ -326,35 +318,23 @@ def _scale(entries: list[_Entry], scale: int | None) -> int:
 
 
 def load_metrics(names: Sequence[str], protocol: str, *, scale: int = 4, device=None) -> tuple[dict, dict[str, str]]:
-    """Build each metric once with the protocol preset: ``({name: Metric}, {name: why left out})``.
+    """Build each metric once under ``protocol``: ``({name: Metric}, {name: why left out})``.
 
     Unknown names raise; a metric that cannot be built (missing asset, unreadable weights) is left
-    out with the reason. Metrics that work in RGB only (LPIPS, DISTS) keep RGB under a Y preset.
+    out with the reason. See :func:`perceptsr.metrics.protocol.build_metrics` for the per-metric rule.
     """
-    from perceptsr.metrics import create_metric, list_metrics, metric_class
-    from perceptsr.metrics.base import resolve_preset
+    from perceptsr.metrics.protocol import build_metrics
 
-    preset = resolve_preset(protocol)
-    unknown = [n for n in names if n not in list_metrics()]
-    if unknown:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(list_metrics())}")
-    metrics, missing = {}, {}
-    for name in dict.fromkeys(names):
-        options: dict[str, Any] = {"scale": scale} if preset.crop_border == "scale" else {}
-        try:
-            cls = metric_class(name)
-            if preset.color is not None and preset.color not in cls.allowed_colors:
-                options["color"] = "rgb" if "rgb" in cls.allowed_colors else cls.allowed_colors[0]
-            metrics[name] = create_metric(name, preset=protocol, device=device, **options)
-        except PerceptsrError as exc:
-            missing[name] = str(exc)
-    return metrics, missing
+    return build_metrics(names, protocol, scale=scale, device=device)
 
 
 def _score(metrics: dict, sr: np.ndarray, hr: np.ndarray) -> tuple[dict[str, float | None], dict[str, str]]:
-    x, ref = _tensor(sr), _tensor(hr)
+    from perceptsr.metrics.protocol import match_channels
+
+    sr_t, hr_t = _tensor(sr), _tensor(hr)
     values, errors = {}, {}
     for name, metric in metrics.items():
+        x, ref = match_channels(sr_t, hr_t, metric)
         try:
             with torch.no_grad():
                 out = metric(x, ref) if metric.full_reference else metric(x)
@@ -391,8 +371,9 @@ def evaluate(
     ``models``: checkpoint paths, loaded modules or ``"bicubic"``, as a mapping name -> source or a
     list of sources and ``(name, source)`` pairs (a name of ``None`` or a bare source: the file
     stem). ``sr_dirs``: name -> folder of existing SR outputs. ``datasets``: names
-    (looked up in ``data_root``), folders or :class:`DatasetSpec`. ``metrics`` are built once with
-    preset ``protocol``. ``tile``/``tile_pad`` as in :func:`perceptsr.inference.upscale_image`.
+    (looked up in ``data_root``), folders or :class:`DatasetSpec`. ``metrics`` are built once under
+    ``protocol`` (a preset or ``"validation"``, see :mod:`perceptsr.metrics.protocol`).
+    ``tile``/``tile_pad`` as in :func:`perceptsr.inference.upscale_image`.
     ``save_images``: a folder to write model and bicubic outputs to (``<folder>/<dataset>/<entry>/<stem>.png``).
     The dict (see :func:`write_results`) holds ``summary`` (means per dataset and entry with
     ``count``/``total``), ``images`` (per-image values), ``skipped`` and the protocol of each metric.
@@ -469,7 +450,6 @@ def evaluate(
                             f"{where}: size mismatch: SR {sr.shape[0]}x{sr.shape[1]} vs modcropped HR "
                             f"{hr.shape[0]}x{hr.shape[1]} ({hr_path})"
                         )
-                    sr = _match_channels(sr, hr)
                     if save_root is not None and e.kind != "sr_dir":
                         sr_path = save_root / _safe(spec.name) / _safe(e.name) / f"{hr_path.stem}.png"
                         write_image(sr_path, sr, bits=bits)

@@ -17,7 +17,7 @@ result equals the untiled one up to float rounding; with a smaller pad the core 
 a truncated context and faint seams can appear.
 
 Input multiples. Models that pixel-unshuffle their input (RRDBNet x2 / x1) need sides that
-are multiples of 2 / 4. The image is padded at the bottom/right (reflect, or replicate when the
+are multiples of 2 / 4 (their architecture spec's ``input_multiple``). The image is padded at the bottom/right (reflect, or replicate when the
 image is too small to reflect) to a multiple, and tiles, context and window positions are laid
 out in whole blocks of that multiple, so tiles see the same pixel grouping as a whole-image
 forward; the output is cropped back to ``scale`` times the original size.
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from perceptsr.archs import spec_of
 from perceptsr.errors import ImageReadError, PerceptsrError
 
 __all__ = [
@@ -114,16 +115,14 @@ def _meta_scale(model: nn.Module) -> int:
 
 def _input_multiple(model: nn.Module) -> int:
     """Side multiple the model needs: ``perceptsr_meta['input_multiple']`` or attribute
-    ``input_multiple`` if present, else 4 // scale for RRDBNet x2/x1 (pixel-unshuffled input), else 1."""
+    ``input_multiple`` if present, else its architecture spec's rule (e.g. RRDBNet x2/x1
+    pixel-unshuffle their input), else 1."""
     meta = getattr(model, "perceptsr_meta", None) or {}
     value = meta.get("input_multiple", getattr(model, "input_multiple", None))
-    if value is not None:
-        return max(1, int(value))
-    from perceptsr.archs.rrdbnet_arch import RRDBNet
-
-    if isinstance(model, RRDBNet) and model.scale in (1, 2):
-        return 4 // model.scale
-    return 1
+    if value is None:
+        spec = spec_of(model)
+        value = spec.input_multiple(model) if spec is not None and spec.input_multiple is not None else 1
+    return max(1, int(value))
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -212,12 +212,8 @@ def test_ranker_matches_reference_forward():
 
 
 @pytest.fixture
-def clean_registry():
-    before = dict(registry._user)
-    yield
-    for name in set(registry._user) - set(before):
-        registry._user.pop(name)
-        registry._resolved.pop(name, None)
+def clean_registry(monkeypatch):
+    monkeypatch.setattr(registry, "_ARCHS", registry._builtin_registry())
 
 
 def test_list_archs_by_kind():
@@ -301,7 +297,7 @@ def test_entry_point_plugins(monkeypatch):
 
     eps = {"plugin_net": FakeEP("plugin_net", plugin_net), "plugin_broken": FakeEP("plugin_broken", exc=ImportError("boom"))}
     monkeypatch.setattr(registry, "_entry_points", eps)
-    monkeypatch.setattr(registry, "_resolved", {})
+    monkeypatch.setattr(registry, "_ARCHS", registry._builtin_registry())
     assert "plugin_net" in list_archs()
     assert build_arch("plugin_net", channels=2).in_channels == 2
     assert get_arch("plugin_net").source.startswith("entry point")

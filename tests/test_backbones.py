@@ -75,7 +75,7 @@ def test_strict_mismatch_is_reported_key_by_key(tmp_path):
     assert "shape mismatches" in msg and "features.19.weight" in msg
     # an unexpected key is named too
     state["features.40.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match=r"unexpected keys: features\.40\.weight"):
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): features\.40\.weight"):
         load_backbone_weights(FeatureBackbone("vgg16"), read_backbone_state_dict(_save(state, tmp_path)))
 
 

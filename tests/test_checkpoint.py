@@ -383,7 +383,7 @@ def test_failed_writes_leave_old_file_and_no_temp(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("rename failed")
 
-    monkeypatch.setattr(ckpt.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="rename failed"):
         save_model(model_path, small("srresnet", seed=5), arch="srresnet", arch_kwargs={"nf": 8, "nb": 2})
     assert model_path.read_bytes() == good and no_temp_files(tmp_path)

@@ -31,12 +31,35 @@ def test_every_stage_finishes_and_records_its_results(demo_run):
     assert set(ctx.results["ranker"]["val"]) >= {"val/srocc", "val/kendall", "val/accuracy"}
 
 
-def test_niqe_model_is_fitted_when_the_official_one_is_missing(demo_run, monkeypatch):
+def test_niqe_stage_uses_the_official_model_or_records_which_one_it_used(demo_run):
+    from perceptsr.assets import find_local
+
     out, ctx = demo_run
     info = ctx.results["niqe"]
-    if not info["official"]:
+    official = find_local("niqe_params") or find_local("niqe_params_npz")
+    assert info["official"] is (official is not None)
+    if official is not None:
+        assert info["params_path"] == str(official)
+    else:
         with np.load(info["params_path"]) as params:
             assert params["mu_pris_param"].shape == (36,)
+
+
+def test_niqe_model_is_fitted_when_the_official_one_is_missing(demo_run, tmp_path, monkeypatch):
+    import perceptsr.assets
+    from perceptsr.demo import DemoContext, stage_niqe
+
+    out, ctx = demo_run
+    monkeypatch.setattr(perceptsr.assets, "find_local", lambda name: None)
+    offline = DemoContext(tmp_path / "offline")
+    offline.results["data"] = ctx.results["data"]
+    offline.stage_dir("niqe").mkdir(parents=True)
+    info = stage_niqe(offline)
+    assert info["official"] is False
+    with np.load(info["params_path"]) as params:
+        assert params["mu_pris_param"].shape == (36,)
+        assert params["cov_pris_param"].shape == (36, 36)
+        assert np.all(np.isfinite(params["mu_pris_param"]))
 
 
 def test_rerun_skips_finished_stages(demo_run, capsys):

@@ -17,11 +17,11 @@ from perceptsr.data import imresize, write_image
 from perceptsr.ea_adam import (
     EvalSet,
     FitnessEvaluator,
-    L1Objective,
-    MetricObjective,
+    L1Fitness,
+    MetricFitness,
     MOEADSelector,
     NSGA2Selector,
-    PerceptualObjective,
+    PerceptualFitness,
     VariationConfig,
     build_eval_set,
     crowding_distance,
@@ -64,7 +64,7 @@ def _tiny_states(n: int = 4) -> list[dict[str, torch.Tensor]]:
 
 
 def _tiny_evaluator(batch_size: int = 4) -> FitnessEvaluator:
-    return FitnessEvaluator(_tiny_eval_set(), [L1Objective(), PerceptualObjective(_perceptual_loss())],
+    return FitnessEvaluator(_tiny_eval_set(), [L1Fitness(), PerceptualFitness(_perceptual_loss())],
                             batch_size=batch_size)
 
 
@@ -412,7 +412,7 @@ def test_evaluator_accepts_metric_modules_and_callables():
     es = _tiny_eval_set()
     ev = FitnessEvaluator(es, [_StandInNoRef(), _StandInFR(), lambda sr, hr, c: (sr - hr).abs().flatten(1).amax(1)],
                           batch_size=5)
-    assert isinstance(ev.objectives[0], MetricObjective) and ev.names[:2] == ["standin_nr", "standin_mse"]
+    assert isinstance(ev.objectives[0], MetricFitness) and ev.names[:2] == ["standin_nr", "standin_mse"]
     model = _tiny_model(3)
     f = ev.evaluate(model)
     with torch.no_grad():

@@ -15,7 +15,8 @@ from perceptsr.cli import main as cli_main
 from perceptsr.config import TrainConfig, config_from_dict, load_config
 from perceptsr.ea_adam import CHILDREN_LOG, PHASES_LOG, member_file, neighbourhoods, tchebycheff
 from perceptsr.errors import ConfigError
-from perceptsr.train.engine import build_generator, train
+from perceptsr.train.engine import train
+from perceptsr.train.networks import build_generator
 
 TINY = {"arch": "msrresnet", "kwargs": {"num_feat": 8, "num_block": 1}}
 VGG = {"layer_weights": {"conv1_2": 1.0}, "weights": None}  # random VGG: no download
@@ -110,7 +111,11 @@ def test_stage_a_population_logs_and_checkpoints(run_a):
     for k in (1, 2, "final"):
         folder = run_a / "population" / (k if k == "final" else f"phase_{k:03d}")
         assert all(member_file(folder, i).is_file() for i in range(N))
-    assert list((run_a / "tb" / "ea_adam").glob("events.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_a / "tb"), size_guidance={"scalars": 0, "images": 0})  # the run's one writer
+    acc.Reload()
+    assert "ea/plane" in acc.Tags()["images"] and "ea/replacements" in acc.Tags()["scalars"]
     # the frozen individual 0 is still the initial (here: seeded random) model, the others moved
     torch.manual_seed(5)
     init = build_generator(load_config(run_a / "config.yml"))[0].state_dict()
@@ -172,6 +177,8 @@ def test_stage_a_config_errors(data, tmp_path):
         train(config_from_dict(TrainConfig, raw), progress=False)
     with pytest.raises(ConfigError, match="objective.neighbourhood"):
         stage_a_cfg(data, tmp_path, neighbourhood=4)
+    with pytest.raises(ConfigError, match="objective.plane_metric"):  # the plane is scored by the loop's validation
+        train(stage_a_cfg(data, tmp_path, plane_metric="lpips"), progress=False)
 
 
 # ------------------------------------------------------------------------------------- stages B and C
@@ -201,7 +208,7 @@ def test_stage_b_trains_only_the_regressors_and_resumes(data, run_a, run_b, tmp_
 def test_stage_c_collapse_equals_dynamic_net_and_tradeoff_endpoints(data, run_a, run_b, tmp_path):
     from perceptsr.checkpoint import load_model
     from perceptsr.data import read_image
-    from perceptsr.fusion import DynamicNetwork, _attention_for, load_attention, load_fusion_weights
+    from perceptsr.fusion import DynamicNetwork, attention_for, load_attention, load_fusion_weights
 
     fused_file = tmp_path / "fused" / "fused_x4.safetensors"
     assert cli_main(["fuse", str(run_b), "--lr-dir", str(data / "lr"), "--output", str(fused_file),
@@ -213,7 +220,7 @@ def test_stage_c_collapse_equals_dynamic_net_and_tradeoff_endpoints(data, run_a,
 
     # the collapsed network computes what the dynamic network computes with the averaged weights
     population = run_a / "population" / "final"
-    net = DynamicNetwork.from_files(population, attention=_attention_for(stage_b_cfg(data, tmp_path, run_a)))
+    net = DynamicNetwork.from_files(population, attention=attention_for(stage_b_cfg(data, tmp_path, run_a)))
     load_attention(run_b / "checkpoints" / "iter_4" / "net_g.safetensors", net)
     x = torch.rand(2, 3, 10, 12, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), net.using_weights(weights):

@@ -16,10 +16,10 @@ from perceptsr.archs import build_arch
 from perceptsr.checkpoint import save_model
 from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.fusion import (
-    AttentionConfig, AttentionRegressor, DynamicConv2d, DynamicLayerNorm, DynamicLinear, DynamicNetwork,
+    FUSION_ARCH, AttentionConfig, AttentionRegressor, DynamicConv2d, DynamicLayerNorm, DynamicLinear, DynamicNetwork,
     average_fusion_weights, build_tradeoff_model, center_crop_half, collapse, default_attention_config,
     interpolate_fusion_weights, interpolate_population, load_attention, load_fusion_weights, member_index,
-    save_attention, save_fused_model, sort_expert_files,
+    save_fused_model, sort_expert_files,
 )
 
 K = 3
@@ -358,7 +358,7 @@ def test_fused_checkpoint_and_weights_json_round_trip(tmp_path):
 
 def test_attention_save_load_resume_and_expert_order_check(tmp_path):
     net = dynamic("msrresnet", seed=0)
-    path = save_attention(tmp_path / "att.safetensors", net)
+    path = save_model(tmp_path / "net_g.safetensors", net, arch=FUSION_ARCH)  # as a stage-B run saves it
     other = dynamic("msrresnet", seed=1)
     x = lr(2)
     with torch.no_grad():

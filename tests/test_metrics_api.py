@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
+import perceptsr.metrics
 from perceptsr.errors import ConfigError, MetricInputError
 from perceptsr.metrics import PRESETS, Metric, create_metric, list_metrics, register_metric
-from perceptsr.metrics import _USER
 
 
 def _pair(n=2, c=3, h=24, w=20, seed=0):
@@ -31,10 +32,14 @@ class Mean(Metric):
 
 
 @pytest.fixture
-def mean_metric():
+def scratch_registry(monkeypatch):
+    """Metrics registered by the test are forgotten after it."""
+    monkeypatch.setattr(perceptsr.metrics, "_REGISTRY", copy.deepcopy(perceptsr.metrics._REGISTRY))
+
+
+@pytest.fixture
+def mean_metric(scratch_registry):
     register_metric("toy-mean", Mean, overwrite=True)
-    yield
-    _USER.pop("toy-mean", None)
 
 
 def test_list_metrics_builtins():
@@ -185,14 +190,11 @@ def test_register_metric(mean_metric):
         Hard(as_loss=True)
 
 
-def test_unavailable_module_does_not_break_listing():
+def test_unavailable_module_does_not_break_listing(scratch_registry):
     register_metric("ghost", "perceptsr.metrics.no_such_module:Ghost", overwrite=True)
-    try:
-        assert "ghost" in list_metrics()
-        with pytest.raises(ConfigError, match="not available"):
-            create_metric("ghost")
-    finally:
-        _USER.pop("ghost", None)
+    assert "ghost" in list_metrics()
+    with pytest.raises(ConfigError, match="not available"):
+        create_metric("ghost")
 
 
 def test_batch_shape_and_device():

@@ -1,4 +1,4 @@
-"""RankSRGAN stage 1 (``perceptsr.ranker.build_rank_dataset`` and ``perceptsr rank-data``): patch
+"""RankSRGAN stage 1 (``perceptsr.ranksrgan.build_rank_dataset`` and ``perceptsr rank-data``): patch
 grid and alignment, texture and gap filters, cap, split, label file format, resume, workers, errors."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from _rank_toy import BLURS, read_u8, texture, toy_label, write_levels
 from perceptsr.data.color import rgb2gray
 from perceptsr.data.io import write_image
 from perceptsr.errors import ConfigError, PerceptsrError
-from perceptsr.ranker import RankDataOptions, RankLevel, build_rank_dataset, patch_grid, sharpness
+from perceptsr.ranksrgan import RankDataOptions, RankLevel, build_rank_dataset, patch_grid, sharpness
 
 TOY = dict(patch_size=64, stride=32, metric="toy_blur", preset=None, texture_threshold=3.0, min_gap=0.0,
            valid_fraction=0.25)

@@ -13,10 +13,11 @@ import torch
 from _rank_toy import write_levels
 from scipy import stats
 
-from perceptsr.config import RankerObjectiveConfig, config_from_dict, TrainConfig, load_config
+from perceptsr.config import config_from_dict, TrainConfig, load_config
 from perceptsr.errors import ConfigError
-from perceptsr.ranker import (
+from perceptsr.ranksrgan import (
     RankDataOptions,
+    RankerObjectiveConfig,
     RankLevel,
     RankPairDataset,
     build_rank_dataset,
@@ -44,8 +45,8 @@ def make_cfg(rank_dir: Path, out: Path, name="ranker", iterations=60, **objectiv
     return config_from_dict(TrainConfig, {
         "name": name, "output_root": str(out), "seed": 0,
         "model": {"arch": "ranker", "kwargs": {"depth": 8, "nf": 8}},
-        "data": {"train": {"hr_dir": str(rank_dir), "batch_size": 8, "num_workers": 0}},
-        "objective": {"type": "ranker", **objective},
+        "data": {"train": {"batch_size": 8, "num_workers": 0}},
+        "objective": {"type": "ranker", "rank_dir": str(rank_dir), **objective},
         "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-4},
         "train": {"iterations": iterations, "ema_decay": 0, "log_every": 5, "val_every": iterations // 2,
                   "save_every": iterations // 2, "device": "cpu"},
@@ -117,7 +118,8 @@ def test_ranker_training_learns_the_toy_order(rank_dir, tmp_path):
     assert list((tmp_path / "ranker" / "tb").glob("events.*"))
     from perceptsr.checkpoint import load_model
 
-    ranker = load_model(result.last_checkpoint / "net_g.safetensors")
+    assert not (result.last_checkpoint / "net_g.safetensors").exists()
+    ranker = load_model(result.last_checkpoint / "ranker.safetensors")
     assert type(ranker).__name__ == "Ranker" and ranker.depth == 8
 
 
@@ -160,7 +162,27 @@ def test_configs_and_errors(rank_dir, tmp_path):
                                          "model": {"arch": "msrresnet", "kwargs": {"num_feat": 8, "num_block": 1}}})
     with pytest.raises(ConfigError, match="model.arch.*Ranker"):
         train(bad, progress=False)
-    missing = config_from_dict(TrainConfig, {**_plain(make_cfg(rank_dir, tmp_path, name="m")),
-                                             "data": {"train": {"hr_dir": str(tmp_path)}}})
-    with pytest.raises(ConfigError, match="train_label.txt"):
-        train(missing, progress=False)
+    for data, objective in (({"hr_dir": str(tmp_path)}, {}), ({}, {"rank_dir": str(tmp_path)})):
+        missing = config_from_dict(TrainConfig, {**_plain(make_cfg(rank_dir, tmp_path, name="m")),
+                                                 "data": {"train": data}, "objective": {"type": "ranker", **objective}})
+        with pytest.raises(ConfigError, match="train_label.txt"):
+            train(missing, progress=False)
+
+
+def test_rank_dir_and_its_older_spelling(rank_dir, tmp_path):
+    for path in ("configs/paper/ranker_vgg12_niqe.yml", "configs/cpu/ranker_vgg12_niqe.yml"):
+        cfg = load_config(REPO / path)
+        assert cfg.objective.rank_dir and cfg.data.train.hr_dir is None
+    plain = _plain(make_cfg(rank_dir, tmp_path, iterations=4))
+    new = train(config_from_dict(TrainConfig, {**plain, "name": "new"}), progress=False)
+    old = train(config_from_dict(TrainConfig, {
+        **plain, "name": "old", "data": {"train": {**plain["data"]["train"], "hr_dir": str(rank_dir)}},
+        "objective": {**plain["objective"], "rank_dir": None}}), progress=False)
+    for (k, v), w in zip(new.generator.state_dict().items(), old.generator.state_dict().values()):
+        assert torch.equal(v, w), k
+    neither = config_from_dict(TrainConfig, {**plain, "objective": {**plain["objective"], "rank_dir": None}})
+    with pytest.raises(ConfigError, match="objective.rank_dir.*required"):
+        train(neither, progress=False)
+    both = config_from_dict(TrainConfig, {**plain, "data": {"train": {**plain["data"]["train"], "hr_dir": str(tmp_path)}}})
+    with pytest.raises(ConfigError, match="give only objective.rank_dir"):
+        train(both, progress=False)

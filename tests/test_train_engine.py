@@ -14,7 +14,8 @@ import torch
 
 from _images import write_smooth_images
 from perceptsr.config import ObjectiveConfig, PSNRObjectiveConfig, TrainConfig, config_from_dict, load_config
-from perceptsr.train.engine import TrainingError, build_generator, train
+from perceptsr.train.engine import TrainingError, train
+from perceptsr.train.networks import build_generator
 from perceptsr.train.objectives import PSNRObjective, register_objective
 
 
@@ -193,7 +194,7 @@ def test_resume_is_bit_exact(data_dirs, tmp_path, num_workers):
 
 
 def test_data_order_does_not_depend_on_workers(data_dirs):
-    from perceptsr.train.distributed import DistInfo
+    from perceptsr.distributed import DistInfo
     from perceptsr.train.engine import build_train_stream
 
     cfg = make_cfg(data_dirs, Path("unused"))
@@ -351,7 +352,7 @@ def test_torch_compile_runs_on_cpu(data_dirs, tmp_path):
 
 def test_batch_size_must_divide_world_size(data_dirs, tmp_path):
     from perceptsr.errors import ConfigError
-    from perceptsr.train.distributed import DistInfo
+    from perceptsr.distributed import DistInfo
     from perceptsr.train.engine import build_train_stream
 
     cfg = make_cfg(data_dirs, tmp_path, data={"train": {"batch_size": 3}})

@@ -16,9 +16,10 @@ from perceptsr.archs import build_arch
 from perceptsr.checkpoint import load_training_state, save_model
 from perceptsr.config import TrainConfig, config_from_dict
 from perceptsr.errors import ConfigError
-from perceptsr.losses import RankContentLoss
+from perceptsr.ranksrgan import RankContentLoss
 from perceptsr.train.engine import train
-from perceptsr.train.objectives import GANObjective, Runtime, build_objective
+from perceptsr.train.context import RunContext, Runtime
+from perceptsr.train.objectives import GANObjective, build_objective
 
 RANKER_KWARGS = {"nf": 4, "depth": 8}
 
@@ -56,6 +57,7 @@ def make_cfg(data_dirs: Path, out: Path, name: str = "run", objective: dict | No
         "train": {"iterations": 6, "log_every": 2, "val_every": 3, "save_every": 3, "keep_last": 5,
                   "ema_decay": 0.9},
     }
+    raw["objective"] = {k: v for k, v in raw["objective"].items() if v is not None}  # rank=None: no rank term
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return config_from_dict(TrainConfig, raw)
@@ -73,7 +75,7 @@ def _objective(data_dirs, tmp_path, **objective) -> tuple[GANObjective, dict]:
     cfg = make_cfg(data_dirs, tmp_path, objective=objective)
     torch.manual_seed(0)
     generator = build_arch("msrresnet", num_feat=8, num_block=1, upscale=4)
-    obj = build_objective(generator, cfg, Runtime(device=torch.device("cpu")))
+    obj = build_objective(generator, cfg, RunContext(Runtime(device=torch.device("cpu"))))
     g = torch.Generator().manual_seed(1)
     batch = {"lr": torch.rand(4, 3, 8, 8, generator=g), "hr": torch.rand(4, 3, 32, 32, generator=g)}
     return obj, batch
@@ -206,10 +208,10 @@ def test_config_errors(data_dirs, tmp_path):
         make_cfg(data_dirs, tmp_path, data={"val": {"hr_dir": "x", "metrics": ["niqe", "psnr"]}})
     cfg = make_cfg(data_dirs, tmp_path, objective={"discriminator": {"arch": "vgg_discriminator_128"}})
     with pytest.raises(ConfigError, match="objective.discriminator.*128x128.*patch_size is 32"):
-        build_objective(build_arch("msrresnet", num_feat=8, num_block=1), cfg, Runtime(device=torch.device("cpu")))
+        build_objective(build_arch("msrresnet", num_feat=8, num_block=1), cfg, RunContext(Runtime(device=torch.device("cpu"))))
     cfg = make_cfg(data_dirs, tmp_path, objective={"discriminator": {"arch": "ranker"}})
     with pytest.raises(ConfigError, match="objective.discriminator.arch.*not a discriminator"):
-        build_objective(build_arch("msrresnet", num_feat=8, num_block=1), cfg, Runtime(device=torch.device("cpu")))
+        build_objective(build_arch("msrresnet", num_feat=8, num_block=1), cfg, RunContext(Runtime(device=torch.device("cpu"))))
     cfg = make_cfg(data_dirs, tmp_path, name="badmetric",
                    data={"val": {"hr_dir": str(data_dirs / "val"), "metrics": ["psnr", "niqee"]}})
     with pytest.raises(ConfigError, match=r"data.val.metrics\[1\].*Did you mean 'niqe'"):

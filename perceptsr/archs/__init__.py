@@ -2,6 +2,12 @@
 
 Use :func:`build_arch` (``build_arch("srresnet", upscale=4)``) or import the classes by name;
 class names resolve lazily so ``import perceptsr.archs`` imports no architecture module.
+
+Each registered family lives in two modules: ``{family}_arch.py`` (the network) and
+``{family}_support.py`` (its :class:`ArchSpec`: state-dict detection, legacy key layouts,
+input-size rule, fusion defaults), with shared key helpers in :mod:`perceptsr.archs.keys`;
+:func:`spec_of` finds the spec of a built module. ``vgg_arch.py`` holds the feature backbones of
+the perceptual losses and metrics, which are not in the registry.
 """
 
 from __future__ import annotations
@@ -9,10 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from perceptsr.archs.registry import ARCH_KINDS, ArchSpec, build_arch, get_arch, list_archs, register_arch
+from perceptsr.archs.registry import (
+    ARCH_KINDS, ArchSpec, arch_specs, build_arch, get_arch, list_archs, register_arch, spec_of,
+)
 
 __all__ = [
-    "ARCH_KINDS", "ArchSpec", "build_arch", "get_arch", "list_archs", "register_arch",
+    "ARCH_KINDS", "ArchSpec", "arch_specs", "build_arch", "get_arch", "list_archs", "register_arch", "spec_of",
     "SRResNet", "MSRResNet", "RRDBNet", "SwinIR", "VGGDiscriminator", "Ranker",
 ]
 

@@ -1,7 +1,7 @@
 """ESRGAN's RRDBNet with BasicSR key and argument names (``basicsr.archs.rrdbnet_arch.RRDBNet``).
 
 Old ESRGAN (``model.N``) and mmsr (``RRDB_trunk``) checkpoints are converted to these names by
-:mod:`perceptsr.checkpoint`. Scale 4 upsamples twice by nearest neighbour + conv; scales 2 and 1
+:mod:`perceptsr.archs.rrdbnet_support`. Scale 4 upsamples twice by nearest neighbour + conv; scales 2 and 1
 use BasicSR's trick of pixel-unshuffling the input first (so ``conv_first`` sees 4x or 16x the
 channels) and then running the same x4 body.
 """

@@ -13,7 +13,7 @@ Buffers. ``relative_position_index`` is persistent, as officially. Each shifted 
 the official persistent ``attn_mask`` buffer (the mask for ``img_size``) *only* so official state
 dicts load strictly both ways; forward never reads it but computes the mask for the actual padded
 input size, once per forward, shared by all shifted blocks. ``persistent_attn_mask=False`` drops
-the buffer for state dicts saved without it (:func:`perceptsr.checkpoint.detect_arch` sets it).
+the buffer for state dicts saved without it (detection in :mod:`perceptsr.archs.swinir_support` sets it).
 The RGB mean is a non-persistent buffer (officially a plain attribute, not in state dicts).
 
 Not implemented: absolute position embedding (``ape``, unused by every released model) and patch

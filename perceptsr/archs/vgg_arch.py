@@ -189,31 +189,17 @@ def read_backbone_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _key_order(key: str) -> tuple:
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split("."))
-
-
 def load_backbone_weights(
     backbone: FeatureBackbone, state_dict: Mapping[str, torch.Tensor], source: str = "state dict"
 ) -> None:
     """Load ``features.*`` tensors strictly; on any mismatch raise ``CheckpointError`` naming every key."""
+    from perceptsr.checkpoint.keys import key_report
+
     expected = backbone.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = sorted((k for k in state_dict if k not in expected), key=_key_order)
-    shapes = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        lines = [f"{source} does not match the {backbone.arch} features backbone:"]
-        if missing:
-            lines.append("  missing keys: " + ", ".join(missing))
-        if unexpected:
-            lines.append("  unexpected keys: " + ", ".join(unexpected))
-        if shapes:
-            lines.append("  shape mismatches: " + "; ".join(shapes))
-        raise CheckpointError("\n".join(lines))
+    report = key_report(expected, state_dict, what=f"{source} does not match the {backbone.arch} features backbone",
+                        labels=("model", "file"), limit=None)
+    if report:
+        raise CheckpointError(report)
     with torch.no_grad():
         for k, v in expected.items():
             v.copy_(state_dict[k].to(v.dtype))

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", nargs="+", required=True, metavar="DIR_OR_NAME",
                         help="dataset folders (with HR/ and LR_bicubic/X<scale>/, or of HR images) or names in the data root")
     parser.add_argument("--metrics", default="psnr,ssim", help="comma-separated metrics (default psnr,ssim)")
-    parser.add_argument("--protocol", default="sr-y", help="metric preset: sr-y (default), pirm or sr-rgb")
+    parser.add_argument("--protocol", default="sr-y", help="metric protocol: preset sr-y (default), pirm or sr-rgb, or 'validation' "
+                        "(the training rule: sr-y/sr-rgb for full-reference metrics, pirm for no-reference ones)")
     parser.add_argument("--out", required=True, help="output folder for the result files")
     parser.add_argument("--data-root", default=None,
                         help="folder holding datasets by name (default $PERCEPTSR_DATA, else ./datasets/benchmark "

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="metric name(s), comma separated: psnr, ssim, niqe, ma, pi, lpips, dists, ...")
     parser.add_argument("image", metavar="IMAGE", help="an image file or a folder of images")
     parser.add_argument("ref", metavar="REF", nargs="?", help="reference image or folder (full-reference metrics)")
-    parser.add_argument("--preset", default=None, help="protocol preset: pirm, sr-y, sr-rgb")
+    parser.add_argument("--preset", default=None, help="protocol: preset pirm, sr-y or sr-rgb, or 'validation' (the training rule per metric); "
+                        "RGB-only metrics keep RGB")
     parser.add_argument("--scale", type=int_at_least(1), default=None, help="SR scale for presets sr-y/sr-rgb (crop = scale)")
     parser.add_argument("--color", choices=("rgb", "y", "gray"), default=None, help="colour space (default: the metric's)")
     parser.add_argument("--crop-border", type=int_at_least(0), default=None, help="pixels cropped from each border")
@@ -45,32 +46,7 @@ def _read(path: Path):
     from perceptsr.data.io import read_image
 
     arr = read_image(path, mode="keep")
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def _match_channels(a, b, color: str, round_uint8: bool):
-    """Give a grey/colour pair the same channel count, the way MATLAB scripts treat grey files."""
-    if a.shape[0] == b.shape[0]:
-        return a, b
-    if color == "rgb":
-        return (a.expand(3, -1, -1) if a.shape[0] == 1 else a), (b.expand(3, -1, -1) if b.shape[0] == 1 else b)
-    import numpy as np
-    import torch
-
-    from perceptsr.data.color import rgb2gray, rgb2ycbcr, to_uint8
-
-    def one(t):
-        if t.shape[0] == 1:
-            return t
-        hwc = t.permute(1, 2, 0).numpy()
-        if round_uint8:
-            hwc = to_uint8(hwc)
-        fn = (lambda z: rgb2ycbcr(z, y_only=True)) if color == "y" else rgb2gray
-        out = np.asarray(fn(hwc), dtype=np.float64)
-        out = out / 255 if round_uint8 else out
-        return torch.from_numpy(out.astype(np.float32))[None]
-
-    return one(a), one(b)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()[None]
 
 
 def _pairs(image: Path, ref: Path | None, mode: str) -> list[tuple[Path, Path | None]]:
@@ -102,6 +78,8 @@ def _evaluate(metrics, pairs, args, device):
     """Per-pair values {metric: [float]} with same-size batching."""
     import torch
 
+    from perceptsr.metrics.protocol import match_channels
+
     values = {name: [math.nan] * len(pairs) for name in metrics}
     loaded = []
     for a_path, b_path in pairs:
@@ -112,21 +90,17 @@ def _evaluate(metrics, pairs, args, device):
 
         bar = tqdm(total=len(pairs) * len(metrics), desc="metric", unit="img", leave=False)
     for name, metric in metrics.items():
-        prepared = []
-        for a, b in loaded:
-            if b is not None:
-                a, b = _match_channels(a, b, metric.color, metric.round_uint8)
-            prepared.append((a, b))
+        prepared = [match_channels(a, b, metric) for a, b in loaded]
         groups: dict[tuple, list[int]] = {}
         for i, (a, b) in enumerate(prepared):
             groups.setdefault((tuple(a.shape), None if b is None else tuple(b.shape)), []).append(i)
         for idx in groups.values():
             for start in range(0, len(idx), args.batch_size):
                 chunk = idx[start : start + args.batch_size]
-                x = torch.stack([prepared[i][0] for i in chunk]).to(device)
+                x = torch.cat([prepared[i][0] for i in chunk]).to(device)
                 ref = None
                 if prepared[chunk[0]][1] is not None:
-                    ref = torch.stack([prepared[i][1] for i in chunk]).to(device)
+                    ref = torch.cat([prepared[i][1] for i in chunk]).to(device)
                 with torch.no_grad():
                     out = metric(x, ref) if metric.full_reference else metric(x)
                 for i, v in zip(chunk, out.double().cpu().tolist()):
@@ -146,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from perceptsr.errors import ConfigError, ImageReadError
-    from perceptsr.metrics import create_metric
+    from perceptsr.metrics.protocol import VALIDATION, build_metrics
 
     names = [n.strip() for n in args.name.split(",") if n.strip()]
     if not names:
@@ -154,7 +128,10 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     options = {k: getattr(args, k) for k in ("color", "crop_border", "round_uint8", "scale")
                if getattr(args, k) is not None}
-    metrics = {n: create_metric(n, preset=args.preset, device=device, **options) for n in names}
+    # --scale is an explicit option (an error where a preset has no use for it), except under the
+    # validation protocol, whose per-metric presets take it where they crop by scale.
+    scale = options.pop("scale", None) if args.preset == VALIDATION else None
+    metrics, _ = build_metrics(names, args.preset, scale=scale, device=device, options=options, strict=True)
     for n, m in metrics.items():
         if m.full_reference and args.ref is None:
             raise ConfigError(f"metric {n!r} is full-reference: give REF")

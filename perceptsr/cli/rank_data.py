@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from perceptsr.errors import ConfigError
-    from perceptsr.ranker import RankDataOptions, RankLevel, build_rank_dataset, prepare_level
+    from perceptsr.ranksrgan import RankDataOptions, RankLevel, build_rank_dataset, prepare_level
 
     levels = []
     if args.hr:

@@ -7,7 +7,6 @@ from perceptsr.data.datasets import (
     PairedValDataset,
     build_train_loader,
     build_val_loader,
-    dist_rank_world,
     pair_files,
     worker_init_fn,
 )
@@ -22,7 +21,6 @@ __all__ = [
     "PairedValDataset",
     "build_train_loader",
     "build_val_loader",
-    "dist_rank_world",
     "imresize",
     "list_images",
     "modcrop",

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from perceptsr.data.color import modcrop
 from perceptsr.data.imresize import imresize
 from perceptsr.data.io import list_images, read_image, read_image_info
+from perceptsr.distributed import current as current_group
 from perceptsr.errors import ConfigError, ImageReadError
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "worker_init_fn",
     "build_train_loader",
     "build_val_loader",
-    "dist_rank_world",
 ]
 
 _MAX_LISTED = 10
@@ -223,13 +223,6 @@ class PairedValDataset(_PairedBase):
         return {"lr": _to_tensor(lr), "hr": _to_tensor(hr), "name": self._pairs[i][0].stem}
 
 
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) from ``torch.distributed`` when it is initialised, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class EpochSampler(Sampler):
     """``DistributedSampler`` semantics, yielding ``(epoch, index)`` keys for :class:`PairedImageDataset`.
 
@@ -241,7 +234,8 @@ class EpochSampler(Sampler):
 
     def __init__(self, length: int, *, seed: int = 0, shuffle: bool = True, repeat: int = 1,
                  rank: int | None = None, world_size: int | None = None, drop_last: bool = False):
-        dist_rank, dist_world = dist_rank_world()
+        group = current_group()
+        dist_rank, dist_world = group.rank, group.world_size
         self.rank = dist_rank if rank is None else rank
         self.world_size = dist_world if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:

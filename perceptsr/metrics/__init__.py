@@ -5,16 +5,15 @@
 >>> psnr(sr, hr)                                            # (N,) values  # doctest: +SKIP
 
 Built-in metrics are imported on first use, so a metric whose module or assets are missing does not
-break ``import perceptsr.metrics`` or :func:`list_metrics`.
+break ``import perceptsr.metrics`` or :func:`list_metrics`. Which preset each metric gets under an
+evaluation protocol, and how grey and colour images are paired, is :mod:`perceptsr.metrics.protocol`.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
-
 from perceptsr.errors import ConfigError
 from perceptsr.metrics.base import PRESETS, Metric, Preset, resolve_preset
+from perceptsr.registry import Registry, import_target
 
 __all__ = [
     "Metric",
@@ -26,7 +25,8 @@ __all__ = [
     "register_metric",
 ]
 
-# name -> ("module:Class", default options). Aliases carry options (lpips-vgg = LPIPS(net="vgg")).
+# name -> (Metric subclass or "module:Class", default options). Aliases carry options
+# (lpips-vgg = LPIPS(net="vgg")). String targets are imported on first use.
 _BUILTIN: dict[str, tuple[str, dict]] = {
     "psnr": ("perceptsr.metrics.psnr_ssim:PSNR", {}),
     "ssim": ("perceptsr.metrics.psnr_ssim:SSIM", {}),
@@ -37,18 +37,17 @@ _BUILTIN: dict[str, tuple[str, dict]] = {
     "lpips-vgg": ("perceptsr.metrics.lpips:LPIPS", {"net": "vgg"}),
     "dists": ("perceptsr.metrics.dists:DISTS", {}),
 }
-_USER: dict[str, tuple[type | str, dict]] = {}
-
+_REGISTRY: Registry[tuple[type | str, dict]] = Registry("metric")
+for _name, _entry in _BUILTIN.items():
+    _REGISTRY.register(_name, _entry)
 
 def list_metrics() -> list[str]:
     """Names accepted by :func:`create_metric` (built-in and registered), sorted."""
-    return sorted(set(_BUILTIN) | set(_USER))
+    return _REGISTRY.names()
 
 
 def register_metric(name: str, cls, *, overwrite: bool = False, **default_options) -> None:
-    """Register a user metric: ``cls`` is a :class:`Metric` subclass or a ``"module:Class"`` string."""
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"register_metric: name must be a non-empty string, got {name!r}")
+    """Register a metric: ``cls`` is a :class:`Metric` subclass or a ``"module:Class"`` string."""
     if isinstance(cls, type):
         if not issubclass(cls, Metric):
             raise ConfigError(f"register_metric: {cls.__name__} is not a perceptsr Metric subclass")
@@ -56,37 +55,15 @@ def register_metric(name: str, cls, *, overwrite: bool = False, **default_option
         raise ConfigError(
             f"register_metric: cls must be a Metric subclass or 'module:Class', got {cls!r}"
         )
-    if not overwrite and (name in _BUILTIN or name in _USER):
-        raise ConfigError(f"metric {name!r} is already registered (pass overwrite=True to replace it)")
-    _USER[name] = (cls, dict(default_options))
-
-
-def _lookup(name: str) -> tuple[type | str, dict]:
-    if name in _USER:
-        return _USER[name]
-    if name in _BUILTIN:
-        return _BUILTIN[name]
-    close = difflib.get_close_matches(str(name).lower(), list_metrics(), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"unknown metric {name!r}.{hint} Known metrics: {', '.join(list_metrics())}")
+    _REGISTRY.register(name, (cls, dict(default_options)), overwrite=overwrite)
 
 
 def metric_class(name: str) -> type:
     """The :class:`Metric` subclass behind ``name`` (imports its module)."""
-    target, _ = _lookup(name)
+    target, _ = _REGISTRY.get(name)
     if isinstance(target, type):
         return target
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"metric {name!r} is not available: importing {module_name} failed ({exc})"
-        ) from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"metric {name!r} is not available: {module_name} has no {attr}") from None
+    return import_target(target, f"metric {_REGISTRY.key(name)!r} is not available")
 
 
 def create_metric(name: str, *, preset: str | None = None, device=None, **options) -> Metric:
@@ -97,11 +74,12 @@ def create_metric(name: str, *, preset: str | None = None, device=None, **option
     (default 4). The module is moved to ``device`` and put in eval mode.
     """
     resolve_preset(preset)  # fail early with the did-you-mean hint
-    _, defaults = _lookup(name)
-    cls = metric_class(name)
+    key = _REGISTRY.key(name)
+    _, defaults = _REGISTRY.get(key)
+    cls = metric_class(key)
     metric = cls(preset=preset, **{**defaults, **options})
-    if name != getattr(cls, "name", name):
-        metric.name = name  # aliases (lpips-vgg) report their own name
+    if key != getattr(cls, "name", key):
+        metric.name = key  # aliases (lpips-vgg) report their own name
     if device is not None:
         metric = metric.to(device)
     return metric.eval()

@@ -24,7 +24,7 @@ import torch
 
 from perceptsr.errors import ConfigError, MetricInputError
 
-__all__ = ["Metric", "Preset", "PRESETS", "COLORS", "resolve_preset"]
+__all__ = ["Metric", "Preset", "PRESETS", "COLORS", "apply_color", "resolve_preset"]
 
 COLORS = ("rgb", "y", "gray")
 RANGE_TOLERANCE = 1e-4
@@ -110,6 +110,29 @@ def _convert_uint8(q: torch.Tensor, color: str) -> torch.Tensor:
         exact = torch.from_numpy(fn(pixels).reshape(-1).astype("float32"))
         out[n, 0, h, w] = exact.to(out.device, out.dtype)
     return out
+
+
+def apply_color(x: torch.Tensor, color: str, round_uint8: bool) -> torch.Tensor:
+    """Protocol steps 2-3 on a float ``(N, C, H, W)`` tensor: uint8 rounding and colour conversion.
+
+    A 1-channel input stays 1-channel (rounded when ``round_uint8``), so the function is idempotent;
+    :func:`perceptsr.metrics.protocol.match_channels` uses it to bring a colour image to a grey one.
+    """
+    convert = x.shape[1] == 3 and color != "rgb"
+    if not round_uint8:
+        x = x.clamp(0, 1)
+        if convert:
+            from perceptsr.data.color import rgb2gray, rgb2ycbcr
+
+            x = rgb2ycbcr(x, y_only=True) if color == "y" else rgb2gray(x)
+        return x
+    # MATLAB uint8 semantics: RGB on the uint8 grid (round half away from zero; inputs are
+    # validated to [-1e-4, 1 + 1e-4], so no clamp is needed), then the converted channel
+    # rounded again, as rgb2ycbcr/rgb2gray do for uint8 images.
+    q = x.mul(255).add_(0.5).floor_()
+    if not convert:
+        return q.div_(255)
+    return _convert_uint8(q, color).div_(255)
 
 
 class Metric(torch.nn.Module):
@@ -278,21 +301,7 @@ class Metric(torch.nn.Module):
         c = self.crop_border
         if c:
             x = x[..., c:-c, c:-c]
-        convert = x.shape[1] == 3 and self.color != "rgb"
-        if not self.round_uint8:
-            x = x.clamp(0, 1)
-            if convert:
-                from perceptsr.data.color import rgb2gray, rgb2ycbcr
-
-                x = rgb2ycbcr(x, y_only=True) if self.color == "y" else rgb2gray(x)
-            return x
-        # MATLAB uint8 semantics: RGB on the uint8 grid (round half away from zero; inputs are
-        # validated to [-1e-4, 1 + 1e-4], so no clamp is needed), then the converted channel
-        # rounded again, as rgb2ycbcr/rgb2gray do for uint8 images.
-        q = x.mul(255).add_(0.5).floor_()
-        if not convert:
-            return q.div_(255)
-        return _convert_uint8(q, self.color).div_(255)
+        return apply_color(x, self.color, self.round_uint8)
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """Validate, apply the protocol and return one value per image, shape ``(N,)``."""

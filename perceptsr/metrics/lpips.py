@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from perceptsr.archs.vgg_arch import FeatureExtractor, resolve_weights_path
+from perceptsr.checkpoint.keys import key_report
 from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.metrics.base import Metric
 
@@ -97,15 +98,10 @@ class LPIPS(Metric):
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: expected a state dict of LPIPS linear layers")
         expected = {f"lin{k}.model.1.weight": lin.weight for k, lin in enumerate(self.lins)}
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
-        if missing or unexpected or shapes:
-            raise CheckpointError(
-                f"{path} does not match LPIPS-{self.net_name} linear layers: "
-                f"missing {missing}, unexpected {unexpected}, shape mismatches {shapes}"
-            )
+        report = key_report(expected, state, what=f"{path} does not match LPIPS-{self.net_name} linear layers",
+                            labels=("model", "file"))
+        if report:
+            raise CheckpointError(report)
         with torch.no_grad():
             for k, v in expected.items():
                 v.copy_(state[k].float())

@@ -5,7 +5,7 @@ Nothing heavy is imported here; ``from perceptsr.train import train`` pulls in t
 
 from __future__ import annotations
 
-__all__ = ["train", "TrainResult", "TrainingError", "Objective", "PSNRObjective", "Runtime",
+__all__ = ["train", "TrainResult", "TrainingError", "Objective", "PSNRObjective", "Runtime", "RunContext",
            "register_objective", "build_objective", "NonFiniteLossError", "ModelEMA"]
 
 _LAZY = {
@@ -14,7 +14,8 @@ _LAZY = {
     "TrainingError": "perceptsr.train.engine",
     "Objective": "perceptsr.train.objectives",
     "PSNRObjective": "perceptsr.train.objectives",
-    "Runtime": "perceptsr.train.objectives",
+    "Runtime": "perceptsr.train.context",
+    "RunContext": "perceptsr.train.context",
     "register_objective": "perceptsr.train.objectives",
     "build_objective": "perceptsr.train.objectives",
     "NonFiniteLossError": "perceptsr.train.objectives",

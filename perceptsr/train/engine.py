@@ -38,13 +38,16 @@ from torch.utils.data import DataLoader
 
 from perceptsr.config import TrainConfig, dump_config
 from perceptsr.errors import CheckpointError, ConfigError, PerceptsrError
-from perceptsr.train import distributed as D
+from perceptsr import distributed as D
+from perceptsr.train.context import Artifacts, RunContext, RunLog, Runtime
 from perceptsr.train.ema import ModelEMA
-from perceptsr.train.objectives import NonFiniteLossError, Objective, Runtime, build_objective, objective_class
+from perceptsr.train.networks import build_generator
+from perceptsr.train.objectives import NonFiniteLossError, Objective, build_objective, objective_class
+from perceptsr.train.runs import find_resume_checkpoint, run_dir_of
 from perceptsr.train.sampling import ResumableStream
+from perceptsr.train.validation import Validator
 
-__all__ = ["TrainingError", "TrainResult", "StopSignals", "train", "find_resume_checkpoint", "resolve_device", "build_generator",
-           "build_val_metrics", "validate"]
+__all__ = ["TrainingError", "TrainResult", "StopSignals", "train", "resolve_device"]
 
 
 class TrainingError(PerceptsrError, RuntimeError):
@@ -110,95 +113,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_generator(cfg: TrainConfig) -> tuple[torch.nn.Module, dict]:
-    """The generator from ``cfg.model`` (scale injected as ``upscale``/``scale``), optionally pretrained.
-
-    Returns the module and the keyword arguments that rebuild it (stored in checkpoints).
-    """
-    from perceptsr.archs import build_arch, get_arch
-
-    kwargs = dict(cfg.model.kwargs)
-    allowed = get_arch(cfg.model.arch).allowed_kwargs() or []
-    for key in ("upscale", "scale"):
-        if key in allowed:
-            if key in kwargs and kwargs[key] != cfg.scale:
-                raise ConfigError(
-                    f"config key 'model.kwargs.{key}' ({kwargs[key]}) disagrees with 'scale' ({cfg.scale})"
-                )
-            kwargs[key] = cfg.scale
-            break
-    model = build_arch(cfg.model.arch, **kwargs)
-    if cfg.model.pretrained:
-        from perceptsr.checkpoint import load_pretrained
-
-        load_pretrained(model, cfg.model.pretrained, key=cfg.model.pretrained_key, strict=cfg.model.strict)
-    return model, kwargs
-
-
-def find_resume_checkpoint(run_dir: Path, resume) -> Path | None:
-    """The checkpoint folder to resume from: ``resume=True`` -> the latest in ``run_dir`` (None if
-    there is none); a path -> a checkpoint folder ``iter_N``, or the latest of a ``checkpoints/``
-    folder or of a run folder."""
-    from perceptsr.checkpoint import CheckpointSaver
-
-    if resume is None or resume is False:
-        return None
-    if resume is True:
-        folder = run_dir / "checkpoints"
-        return CheckpointSaver(folder).latest() if folder.is_dir() else None
-    path = Path(resume)
-    if (path / CheckpointSaver.MANIFEST).is_file():
-        return path
-    for folder in (path / "checkpoints", path):
-        if folder.is_dir():
-            found = CheckpointSaver(folder).latest()
-            if found is not None:
-                return found
-    raise CheckpointError(f"--resume {path}: no checkpoint there (expected iter_N/{CheckpointSaver.MANIFEST})")
-
-
-class RunLog:
-    """Lines to the console (through tqdm) and ``log.txt``; scalars and images to TensorBoard."""
-
-    def __init__(self, run_dir: Path | None, enabled: bool, console: bool = True):
-        self.enabled = enabled
-        self.console = console and enabled
-        self.file = open(run_dir / "log.txt", "a", encoding="utf-8") if enabled and run_dir else None
-        self.writer = None
-        if enabled and run_dir:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
-
-    def info(self, message: str) -> None:
-        if not self.enabled:
-            return
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        if self.file:
-            self.file.write(line + "\n")
-            self.file.flush()
-        if self.console:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=sys.stderr)
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer:
-            for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
-
-    def image(self, tag: str, chw: torch.Tensor, step: int) -> None:
-        if self.writer:
-            self.writer.add_image(tag, chw.clamp(0, 1).cpu(), step, dataformats="CHW")
-
-    def close(self) -> None:
-        if self.writer:
-            self.writer.flush()
-            self.writer.close()
-        if self.file:
-            self.file.close()
-
-
 def _duration(seconds: float) -> str:
     minutes, sec = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -231,6 +145,8 @@ def build_train_stream(cfg: TrainConfig, info: D.DistInfo, start_batch: int, pin
         )
     per_rank = d.batch_size // info.world_size
     if dataset is None:
+        if d.hr_dir is None:
+            raise ConfigError(f"config key 'data.train.hr_dir' is required for objective type {cfg.objective.type!r}")
         dataset = PairedImageDataset(
             d.hr_dir, d.lr_dir, scale=cfg.scale, patch_size=d.patch_size, seed=cfg.seed,
             hflip=d.hflip, vflip=d.vflip, rot90=d.rot90, cache=d.cache, skip_bad=d.skip_bad,
@@ -238,7 +154,7 @@ def build_train_stream(cfg: TrainConfig, info: D.DistInfo, start_batch: int, pin
     base = EpochSampler(len(dataset), seed=cfg.seed, repeat=d.repeat, rank=info.rank, world_size=info.world_size)
     if len(base) < per_rank:
         raise ConfigError(
-            f"{d.hr_dir}: {len(base)} samples per process (x{d.repeat} repeat) is less than one batch of "
+            f"{d.hr_dir or 'the training set'}: {len(base)} samples per process (x{d.repeat} repeat) is less than one batch of "
             f"{per_rank}; lower data.train.batch_size or raise data.train.repeat"
         )
     stream = ResumableStream(base, per_rank, start_batch=start_batch)
@@ -257,86 +173,12 @@ def build_train_stream(cfg: TrainConfig, info: D.DistInfo, start_batch: int, pin
     return dataset, stream, loader
 
 
-def load_val_set(cfg: TrainConfig) -> list[dict]:
-    from perceptsr.data.datasets import PairedValDataset
-
-    v = cfg.data.val
-    dataset = PairedValDataset(v.hr_dir, v.lr_dir, scale=cfg.scale)
-    n = len(dataset) if v.max_images is None else min(v.max_images, len(dataset))
-    return [dataset[i] for i in range(n)]
-
-
-# ------------------------------------------------------------------------------------------------
-# validation
-
-
-def _center_crop(x: torch.Tensor, size: int, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    size_h = min(size, h) // multiple * multiple
-    size_w = min(size, w) // multiple * multiple
-    top = (h - size_h) // 2 // multiple * multiple
-    left = (w - size_w) // 2 // multiple * multiple
-    return x[..., top : top + size_h, left : left + size_w]
-
-
-def build_val_metrics(cfg: TrainConfig, device: torch.device) -> dict[str, torch.nn.Module]:
-    """The metrics named by ``data.val.metrics``, in order (PSNR first: it picks the best checkpoint).
-
-    Full-reference metrics use preset ``sr-y`` (Y channel, crop = scale; ``sr-rgb`` for RGB-only
-    ones such as LPIPS), no-reference ones (NIQE, Ma, PI) preset ``pirm`` (Y, uint8, shave 4).
-    """
-    from perceptsr.metrics import create_metric, metric_class
-
-    metrics = {}
-    for i, name in enumerate(cfg.data.val.metrics):
-        try:
-            cls = metric_class(name)
-            if not cls.full_reference:
-                metrics[name] = create_metric(name, preset="pirm", device=device)
-            else:
-                preset = "sr-y" if "y" in cls.allowed_colors else "sr-rgb"
-                metrics[name] = create_metric(name, preset=preset, scale=cfg.scale, device=device)
-        except ConfigError as exc:
-            raise ConfigError(f"config key 'data.val.metrics[{i}]': {exc}") from None
-    return metrics
-
-
-@torch.no_grad()
-def validate(model: torch.nn.Module, val_set: list[dict], cfg: TrainConfig, device: torch.device,
-             log: RunLog | None = None, step: int = 0, prefix: str = "val/",
-             metrics: dict[str, torch.nn.Module] | None = None) -> dict[str, float]:
-    """Mean of each validation metric (default :func:`build_val_metrics`) of ``model`` over whole images.
-
-    The SR output is clamped and rounded to the 8-bit grid first, as when it is saved to PNG.
-    A few LR-bicubic / SR / HR crops go to TensorBoard.
-    """
-    from perceptsr.data import imresize
-    from perceptsr.inference import upscale_tensor
-
-    if metrics is None:
-        metrics = build_val_metrics(cfg, device)
-    totals = {name: 0.0 for name in metrics}
-    dtype = torch.bfloat16 if cfg.train.bf16 else None
-    for i, item in enumerate(val_set):
-        lr = item["lr"].unsqueeze(0)
-        hr = item["hr"].unsqueeze(0).to(device)
-        sr = upscale_tensor(model, lr.to(device), scale=cfg.scale, tile=None, device=device, dtype=dtype)
-        sr = torch.floor(sr * 255.0 + 0.5) / 255.0
-        for name, metric in metrics.items():
-            totals[name] += float((metric(sr, hr) if metric.full_reference else metric(sr)).mean())
-        if log is not None and i < cfg.data.val.log_images:
-            bicubic = imresize(lr, cfg.scale).clamp(0, 1).to(device)
-            row = [_center_crop(t[0], cfg.data.val.crop_size, cfg.scale) for t in (bicubic, sr, hr)]
-            log.image(f"{prefix}{item['name']}", torch.cat(row, dim=-1), step)
-    return {f"{prefix}{name}": total / max(1, len(val_set)) for name, total in totals.items()}
-
-
 # ------------------------------------------------------------------------------------------------
 # the loop
 
 
 def _prepare_run_dir(cfg: TrainConfig, resume) -> tuple[Path, Path | None]:
-    run_dir = Path(cfg.output_root) / cfg.name
+    run_dir = run_dir_of(cfg)
     checkpoint = find_resume_checkpoint(run_dir, resume)
     if checkpoint is None and not resume:
         ckpt_dir = run_dir / "checkpoints"
@@ -392,7 +234,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
     log = RunLog(run_dir, enabled=info.is_main, console=progress)
 
     # --- model, objective, EMA ---------------------------------------------------------------
-    custom = objective_class(cfg.objective.type).build_generator(cfg)  # e.g. EA-Adam fusion's dynamic net
+    objective_cls = objective_class(cfg.objective.type)
+    custom = objective_cls.build_generator(cfg)  # e.g. EA-Adam fusion's dynamic net
     if custom is None:
         generator, arch_kwargs = build_generator(cfg)
         g_arch = cfg.model.arch
@@ -401,9 +244,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
     runtime = Runtime(device=device, dist=info, bf16=loop.bf16, channels_last=loop.channels_last,
                       compile=loop.compile, grad_clip=loop.grad_clip or None)
     runtime.prepare_module(generator)
-    objective: Objective = build_objective(generator, cfg, runtime)
+    validator = Validator(cfg, device, log) if cfg.data.val is not None and info.is_main else None
+    ctx = RunContext(runtime, run_dir=run_dir, log=log, artifacts=Artifacts(run_dir, enabled=info.is_main),
+                     validator=validator)
+    objective: Objective = build_objective(generator, cfg, ctx)
     ema = ModelEMA(generator, loop.ema_decay) if loop.ema_decay > 0 else None
-    models = {"net_g": (generator, g_arch, arch_kwargs), **objective.networks()}
+    trained = objective_cls.trained_network  # net_g, or e.g. "ranker"
+    models = {trained: (generator, g_arch, arch_kwargs), **objective.networks()}
 
     saver = None
     best_name, higher_better = objective.best_metric  # the first validated value, e.g. ("psnr", True)
@@ -415,7 +262,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
     start, skipped, consecutive, val_metrics, best_value = 0, 0, 0, {}, -math.inf  # best_value: sign-adjusted
     rng_to_restore = None
     if checkpoint is not None:
-        state = _restore(saver or CheckpointSaver(checkpoint.parent), checkpoint, models, ema, objective)
+        state = _restore(saver or CheckpointSaver(checkpoint.parent), checkpoint, models, ema, objective, trained)
         start = int(state["iteration"])
         skipped = int(state.get("skipped_steps", 0))
         consecutive = int(state.get("consecutive_skips", 0))
@@ -438,8 +285,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
     # --- data --------------------------------------------------------------------------------
     dataset, stream, loader = build_train_stream(cfg, info, start, pin_memory=device.type == "cuda",
                                                  dataset=objective.train_dataset())
-    val_set = load_val_set(cfg) if cfg.data.val is not None and info.is_main else []
-    val_metric_fns = build_val_metrics(cfg, device) if val_set else {}  # bad names fail before training
     data_iter = iter(loader)
     if rng_to_restore is not None:
         restore_rng_state(rng_to_restore)
@@ -475,7 +320,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
             path = saver.save(
                 iteration,
                 models=models,
-                ema={"net_g": ema.module} if ema is not None else None,
+                ema={trained: ema.module} if ema is not None else None,
                 training_state=state,
                 metric=metric,
                 metrics={k.split("/", 1)[-1]: v for k, v in val_metrics.items()} if metric is not None else None,
@@ -556,8 +401,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                             own = objective.validate(eval_model, iteration)
                             val_metrics.update({f"{prefix}{k}": v for k, v in own.items()})
                         else:
-                            val_metrics.update(validate(eval_model, val_set, cfg, device, log, iteration,
-                                                        prefix=prefix, metrics=val_metric_fns))
+                            val_metrics.update(validator(eval_model, prefix=prefix, step=iteration))
                     log.scalars(val_metrics, iteration)
                     log.info(f"validation @ {iteration} ({time.perf_counter() - t0:.1f} s, "
                              f"{'EMA' if ema is not None else 'raw'} weights): {_format(val_metrics)}")
@@ -598,11 +442,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                        ema.module if ema is not None else None)
 
 
-def _restore(saver, checkpoint: Path, models: dict, ema: ModelEMA | None, objective: Objective) -> dict:
+def _restore(saver, checkpoint: Path, models: dict, ema: ModelEMA | None, objective: Objective, trained: str) -> dict:
     state = saver.restore(
         checkpoint,
         models={name: entry[0] for name, entry in models.items()},
-        ema={"net_g": ema.module} if ema is not None else None,
+        ema={trained: ema.module} if ema is not None else None,
     )
     if not state:
         raise CheckpointError(f"{checkpoint}: no training state to resume from (weights only?)")

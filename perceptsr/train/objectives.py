@@ -3,51 +3,41 @@
 The loop in :mod:`perceptsr.train.engine` owns data, schedules, EMA, logging, validation,
 checkpoints and resume. An :class:`Objective` owns everything that differs between methods:
 
-- it receives the generator (unwrapped) and a :class:`Runtime` (device, autocast, DDP wrapping,
-  gradient clipping, non-finite checks) and builds what else it needs (discriminators, frozen
-  feature networks or rankers, extra optimizers);
+- it receives the generator (unwrapped) and a :class:`~perceptsr.train.context.RunContext`
+  (device and numerics, log, artifact writer, the loop's validation, distributed info) and builds
+  what else it needs (discriminators, frozen feature networks or rankers, extra optimizers);
 - it exposes its trainable networks, optimizers and schedulers by name, so the loop can
   checkpoint and restore them without knowing what they are;
 - ``step(batch, iteration)`` does the forward passes, losses, backward passes and optimizer steps
   of one iteration and returns scalars to log.
 
-Shipped: :class:`PSNRObjective` (L1 / L2 / Charbonnier pixel loss) and :class:`GANObjective`
-(config types ``gan``/``ranksrgan``), which builds ``net_d`` from the arch registry, a frozen VGG
-feature extractor and optionally a frozen Ranker, and alternates a generator step (pixel +
-perceptual + adversarial + rank-content losses, D frozen) with a discriminator step, each through
-:meth:`Objective.optimize`. EA-Adam's objectives live in their method modules and are imported
-on first use (:func:`objective_class`): ``ea_adam`` (:class:`perceptsr.ea_adam.EAAdamObjective`, a
-population with preference vectors, normalised-gradient Adam steps and EA phases inside ``step``;
-other individuals through :meth:`Objective.networks` / :meth:`Objective.validation_models`, phase
-counters and fitness through :meth:`Objective.extra_state`) and ``fusion``
-(:class:`perceptsr.fusion.FusionObjective`, whose trained module comes from
-:meth:`Objective.build_generator`). ``ranker`` (:class:`perceptsr.ranker.RankerObjective`) trains
-a Ranker on its own pair dataset (:meth:`Objective.train_dataset`) and validates it itself
-(``own_validation``, :meth:`Objective.validate`), its best checkpoint picked by
-:attr:`Objective.best_metric` (SROCC, higher is better). A new objective
-registers its option dataclass with ``@ObjectiveConfig.register(name)`` in :mod:`perceptsr.config`
-and its class with :func:`register_objective`.
+Built in: :class:`PSNRObjective` (L1 / L2 / Charbonnier pixel loss) and :class:`GANObjective`
+(SRGAN / ESRGAN), which builds ``net_d`` from the arch registry and a frozen VGG feature loss, and
+alternates a generator step (pixel + perceptual + adversarial + :meth:`GANObjective.extra_terms`,
+D frozen) with a discriminator step. The methods' objectives live in their packages
+(:data:`perceptsr.methods.METHOD_PACKAGES`: ``ranksrgan``, ``ranker``, ``ea_adam``, ``fusion``),
+which register them in :data:`OBJECTIVES` with :func:`register_objective` when first used.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from perceptsr.config import GANObjectiveConfig, ModelConfig, ObjectiveConfig, PSNRObjectiveConfig, TrainConfig
-from perceptsr.errors import ConfigError
+from perceptsr.config import GANObjectiveConfig, PSNRObjectiveConfig, TrainConfig
 from perceptsr.losses.gan import discriminator_loss, generator_loss
-from perceptsr.train.distributed import DistInfo, all_true
+from perceptsr.methods import METHOD_PACKAGES
+from perceptsr.registry import Registry
+from perceptsr.train.context import RunContext
+from perceptsr.train.networks import build_discriminator, build_perceptual_loss, set_requires_grad
 from perceptsr.train.optim import IterationLR, build_optimizer, build_scheduler
 
 __all__ = [
+    "OBJECTIVES",
     "NonFiniteLossError",
-    "Runtime",
     "Objective",
     "PSNRObjective",
     "GANObjective",
@@ -67,73 +57,29 @@ class NonFiniteLossError(FloatingPointError):
         self.value = value
 
 
-@dataclass
-class Runtime:
-    """What the loop gives an objective: device, numerics and distributed wrapping."""
-
-    device: torch.device
-    dist: DistInfo = field(default_factory=DistInfo)
-    bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    grad_clip: float | None = None
-
-    def autocast(self):
-        """bf16 autocast for forward passes when enabled (CPU or CUDA), else a no-op."""
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def prepare_module(self, module: nn.Module) -> nn.Module:
-        """Move to the device (and channels_last) in place; returns ``module``."""
-        module.to(self.device)
-        if self.channels_last:
-            module.to(memory_format=torch.channels_last)
-        return module
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        """The module to run forward passes through: DDP-wrapped when distributed, then compiled.
-
-        Keep the unwrapped module for state dicts; only trainable modules should be wrapped.
-        """
-        wrapped = module
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ids)
-        if self.compile:
-            wrapped = torch.compile(wrapped)
-        return wrapped
-
-    def all_finite(self, value: torch.Tensor) -> bool:
-        """True when ``value`` is finite on every rank (the same answer everywhere)."""
-        return all_true(bool(torch.isfinite(value).all()), self.dist, self.device)
-
-
 class Objective:
     """Base class; see the module docstring. Subclasses set ``self.net_g`` etc. and implement ``step``."""
 
-    def __init__(self, generator: nn.Module, cfg: TrainConfig, runtime: Runtime):
+    #: the name the loop saves the trained module under (``net_g.safetensors``); a Ranker is ``ranker``
+    trained_network: str = "net_g"
+
+    def __init__(self, generator: nn.Module, cfg: TrainConfig, ctx: RunContext):
         self.generator = generator
         self.cfg = cfg
         self.options = cfg.objective
-        self.runtime = runtime
+        self.ctx = ctx
+        self.runtime = ctx.runtime
 
     @classmethod
     def build_generator(cls, cfg: TrainConfig) -> tuple[nn.Module, str, dict] | None:
-        """The module the loop trains and saves as ``net_g``, with its (arch, arch kwargs) for the
+        """The module the loop trains and saves as :attr:`trained_network`, with its (arch, arch kwargs) for the
         checkpoint; None (the default) = the generator of ``cfg.model``. Overridden by objectives
         whose trained module is not a registered architecture (EA-Adam fusion)."""
         return None
 
     # --- what the loop checkpoints -------------------------------------------------------
     def networks(self) -> dict[str, tuple[nn.Module, str, dict]]:
-        """Trainable networks *besides* the generator (the loop saves that one as ``net_g``), as
+        """Trainable networks *besides* the trained module (saved as :attr:`trained_network`), as
         ``name -> (unwrapped module, registry arch name, arch kwargs)``; e.g. ``{"net_d": ...}``.
         Frozen helpers (VGG, Ranker) are not listed: they are rebuilt from their own weights."""
         return {}
@@ -145,8 +91,8 @@ class Objective:
         return {}
 
     def validation_models(self, default: nn.Module) -> dict[str, nn.Module]:
-        """Models the loop validates, by name; ``default`` is the EMA generator (or the raw one
-        without EMA). The first entry's first metric picks the "best" checkpoint. Names other than
+        """Models the loop validates, by name; ``default`` is the EMA of the trained module (or the raw
+        one without EMA). The first entry's first metric picks the "best" checkpoint. Names other than
         ``""`` prefix the logged metrics (``val/<name>/psnr``)."""
         return {"": default}
 
@@ -222,48 +168,33 @@ def pixel_loss(kind: str, eps: float = 1e-12) -> Callable[[torch.Tensor, torch.T
     raise ValueError(f"unknown pixel loss {kind!r}")
 
 
-_OBJECTIVES: dict[str, type[Objective]] = {}
+#: objective type name -> class; method packages register theirs when imported
+OBJECTIVES: Registry[type[Objective]] = Registry("objective type")
+for _name, _package in METHOD_PACKAGES.items():
+    OBJECTIVES.provided_by(_name, _package)
 
 
 def register_objective(name: str):
-    """Class decorator: ``build_objective`` uses it for configs whose ``objective.type == name``."""
-
-    def deco(cls):
-        _OBJECTIVES[name] = cls
-        return cls
-
-    return deco
-
-
-# objectives defined in method modules, imported when a config asks for them
-_LAZY_OBJECTIVES = {"ea_adam": "perceptsr.ea_adam", "fusion": "perceptsr.fusion", "ranker": "perceptsr.ranker"}
+    """Class decorator: :func:`build_objective` uses it for configs whose ``objective.type == name``."""
+    return OBJECTIVES.register(name)
 
 
 def objective_class(name: str) -> type[Objective]:
     """The objective class registered for config ``objective.type == name``."""
-    if name not in _OBJECTIVES and name in _LAZY_OBJECTIVES:
-        import importlib
-
-        importlib.import_module(_LAZY_OBJECTIVES[name])
-    if name not in _OBJECTIVES:
-        raise ConfigError(
-            f"config key 'objective.type': no objective implements {name!r}; "
-            f"available: {', '.join(sorted(set(_OBJECTIVES) | set(_LAZY_OBJECTIVES)))}"
-        )
-    return _OBJECTIVES[name]
+    return OBJECTIVES.get(name)
 
 
-def build_objective(generator: nn.Module, cfg: TrainConfig, runtime: Runtime) -> Objective:
-    options: ObjectiveConfig = cfg.objective
-    return objective_class(options.type)(generator, cfg, runtime)
+def build_objective(generator: nn.Module, cfg: TrainConfig, ctx: RunContext) -> Objective:
+    return objective_class(cfg.objective.type)(generator, cfg, ctx)
 
 
 @register_objective("psnr")
 class PSNRObjective(Objective):
     """Distortion training: one generator, one pixel loss, one optimizer."""
 
-    def __init__(self, generator: nn.Module, cfg: TrainConfig, runtime: Runtime):
-        super().__init__(generator, cfg, runtime)
+    def __init__(self, generator: nn.Module, cfg: TrainConfig, ctx: RunContext):
+        super().__init__(generator, cfg, ctx)
+        runtime = ctx.runtime
         opts: PSNRObjectiveConfig = cfg.objective
         self.criterion = pixel_loss(opts.loss, opts.charbonnier_eps)
         self.net_g = runtime.wrap(generator)
@@ -287,78 +218,27 @@ class PSNRObjective(Objective):
         return {f"loss/{self.options.loss}": loss.item()}
 
 
-def _set_requires_grad(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
-
-
-def build_discriminator(model_cfg: ModelConfig, patch_size: int) -> tuple[nn.Module, str, dict]:
-    """``net_d`` from ``objective.discriminator`` (a registered discriminator, optionally pretrained);
-    returns the module, its canonical registry name and its keyword arguments (for checkpoints)."""
-    from perceptsr.archs import build_arch, get_arch
-
-    key = "config key 'objective.discriminator"
-    try:
-        spec = get_arch(model_cfg.arch)
-    except ConfigError as exc:
-        raise ConfigError(f"{key}.arch': {exc}") from None
-    if spec.kind != "discriminator":
-        raise ConfigError(f"{key}.arch': {model_cfg.arch!r} is a {spec.kind}, not a discriminator")
-    try:
-        net_d = build_arch(spec.name, **model_cfg.kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{key}.kwargs': {exc}") from None
-    size = getattr(net_d, "input_size", None)
-    if size is not None and size != patch_size:
-        raise ConfigError(
-            f"{key}': {spec.name} takes {size}x{size} inputs but data.train.patch_size is {patch_size}; "
-            f"set objective.discriminator.kwargs.input_size: {patch_size} (or pick a matching arch)"
-        )
-    if model_cfg.pretrained:
-        from perceptsr.checkpoint import load_pretrained
-
-        load_pretrained(net_d, model_cfg.pretrained, key=model_cfg.pretrained_key, strict=model_cfg.strict)
-    return net_d, spec.name, dict(model_cfg.kwargs)
-
-
 @register_objective("gan")
-@register_objective("ranksrgan")
 class GANObjective(Objective):
     """SRGAN / ESRGAN / RankSRGAN training: a generator step, then a discriminator step.
 
     Generator step (every ``net_d_iters``-th iteration after ``net_d_init_iters``): pixel, VGG feature,
-    adversarial and (with ``rank``) rank-content losses, summed, with the discriminator's parameters
-    frozen. The discriminator still runs in train mode there (its BN uses the fake batch), as in
+    adversarial and :meth:`extra_terms` losses (RankSRGAN's rank-content loss), summed, with the
+    discriminator's parameters frozen. The discriminator still runs in train mode there (its BN uses the fake batch), as in
     mmsr/BasicSR, but unwrapped: nothing of it is optimised, so DDP must not wait for its gradients.
     Discriminator step (every iteration): ``D(HR)`` and ``D(SR.detach())`` as two forward passes
     (separate BN statistics, as the original) and one backward.
     """
 
-    def __init__(self, generator: nn.Module, cfg: TrainConfig, runtime: Runtime):
-        super().__init__(generator, cfg, runtime)
-        from perceptsr.losses import PerceptualLoss, RankContentLoss
-
+    def __init__(self, generator: nn.Module, cfg: TrainConfig, ctx: RunContext):
+        super().__init__(generator, cfg, ctx)
+        runtime = ctx.runtime
         opts: GANObjectiveConfig = cfg.objective
         self.pixel_criterion = pixel_loss(opts.pixel_loss, opts.charbonnier_eps) if opts.pixel_weight > 0 else None
         self.perceptual = None
-        p = opts.perceptual
-        if p.weight > 0:
-            try:
-                loss = PerceptualLoss(
-                    layer_weights=p.layer_weights, vgg_type=p.vgg_type, weights=p.weights,
-                    use_input_norm=p.use_input_norm, criterion=p.criterion, range_norm=p.range_norm,
-                    loss_weight=p.weight,
-                )
-            except (ValueError, KeyError) as exc:
-                raise ConfigError(f"config key 'objective.perceptual': {exc}") from None
-            self.perceptual = runtime.prepare_module(loss)
-        self.rank = None
-        if opts.rank is not None and opts.rank.weight > 0:
-            r = opts.rank
-            self.rank = runtime.prepare_module(RankContentLoss(
-                r.checkpoint, weight=r.weight, bias=r.bias, bn_mode=r.bn_mode, arch=r.arch,
-                arch_kwargs=r.arch_kwargs,
-            ))
+        if opts.perceptual.weight > 0:
+            self.perceptual = runtime.prepare_module(build_perceptual_loss(opts.perceptual))
+        self.setup_extra_terms()
         self.discriminator, self.d_arch, self.d_kwargs = build_discriminator(
             opts.discriminator, cfg.data.train.patch_size)
         runtime.prepare_module(self.discriminator)
@@ -391,12 +271,20 @@ class GANObjective(Objective):
         logs.update(self._discriminator_step(sr.detach(), hr))
         return logs
 
+    def setup_extra_terms(self) -> None:
+        """Build the modules of :meth:`extra_terms` (after the VGG loss, before the discriminator)."""
+
+    def extra_terms(self, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Further generator loss terms (already weighted), added after the adversarial one under
+        autocast with D frozen; e.g. RankSRGAN's rank-content loss. None here."""
+        return {}
+
     def _generator_step(self, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
         opts: GANObjectiveConfig = self.options
         terms: dict[str, torch.Tensor] = {}
         if self.pixel_criterion is not None:
             terms["g_pix"] = opts.pixel_weight * self.pixel_criterion(sr.float(), hr)
-        _set_requires_grad(self.discriminator, False)
+        set_requires_grad(self.discriminator, False)
         try:
             with self.runtime.autocast():
                 if self.perceptual is not None:
@@ -408,12 +296,11 @@ class GANObjective(Objective):
                             real_logits = self.discriminator(hr)
                     fake_logits = self.discriminator(sr)
                     terms["g_gan"] = opts.gan_weight * generator_loss(opts.gan_type, fake_logits, real_logits)
-                if self.rank is not None:
-                    terms["g_rank"] = self.rank(sr)
+                terms.update(self.extra_terms(sr, hr))
             total = sum(terms.values(), sr.new_zeros((), dtype=torch.float32))
             self.optimize(total, self.optimizer_g, self.generator, name="generator loss")
         finally:
-            _set_requires_grad(self.discriminator, True)
+            set_requires_grad(self.discriminator, True)
         logs = {f"loss/{k}": v.item() for k, v in terms.items()}
         logs["loss/g_total"] = total.item()
         return logs

@@ -1,7 +1,7 @@
-"""RankSRGAN stages 1 and 2: the rank dataset and the Ranker's training (spec ``shared/specs/ranksrgan.md``).
+"""RankSRGAN stage 1: the rank dataset (``perceptsr rank-data``; spec ``shared/specs/ranksrgan.md``).
 
-Stage 1, :func:`build_rank_dataset` (``perceptsr rank-data``). Given N >= 2 *levels* (folders of SR
-outputs of the same images, best level first; optionally the HR images as a level), per image:
+:func:`build_rank_dataset`: given N >= 2 *levels* (folders of SR outputs of the same images, best
+level first; optionally the HR images as a level), per image:
 
 1. cut aligned ``patch_size`` patches on a ``stride`` grid (top-left corners 0, stride, ... while the
    patch fits: RankSRGAN's MATLAB grid, 0-based);
@@ -32,39 +32,30 @@ A location goes to the valid split with probability ``valid_fraction``, drawn fr
 images are processed in sorted order, so a run gives the same files whatever ``workers`` is, and a
 killed run resumed on the same folder continues after its last finished image.
 
-Stage 2: :class:`RankPairDataset` draws one pair of levels per location (uniformly, or with the hard
-pair, the two gap levels, ``hard_pair_weight`` times as likely), :func:`ranking_loss` is
-``MarginRankingLoss(margin)`` on scores clamped to ``[-clamp, clamp]`` with target +1 when the first
-image's label is >= the second's (higher score = worse image), :func:`regression_loss` the L1/L2
-regression variant, and :class:`RankerObjective` (objective type ``ranker``) trains the Ranker in
-the engine's loop and validates it with :func:`evaluate_ranker` (pairwise ordering accuracy within
-each location, Spearman and Kendall correlation of scores and labels over the valid split).
+The Ranker's training reads this layout through :mod:`perceptsr.ranksrgan.datasets`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from perceptsr.errors import ConfigError, ImageReadError, PerceptsrError
-from perceptsr.train.objectives import Objective, register_objective
 
 __all__ = [
+    "FORMAT",
+    "SUMMARY",
     "RankLevel",
     "RankDataOptions",
     "patch_grid",
@@ -73,26 +64,12 @@ __all__ = [
     "label_transform",
     "prepare_level",
     "build_rank_dataset",
-    "read_rank_labels",
-    "RankGroups",
-    "RankPairDataset",
-    "ranking_loss",
-    "regression_loss",
-    "pairwise_accuracy",
-    "rank_correlations",
-    "evaluate_ranker",
-    "RankerObjective",
 ]
 
 FORMAT = "perceptsr-rank-data/1"
 PROGRESS = "progress.jsonl"
 SUMMARY = "summary.json"
 WORK = ".work"
-_NAME = re.compile(r"^(\d+)_(.+)\.png$")
-
-
-# ================================================================================================
-# stage 1: rank dataset
 
 
 @dataclass(frozen=True)
@@ -577,259 +554,3 @@ def _summarize(out: Path, header: dict, records: list[dict], complete: bool, sec
     }
     _write_text_atomic(out / SUMMARY, json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-# ================================================================================================
-# stage 2: Ranker data, losses, validation
-
-
-def read_rank_labels(path) -> list[tuple[str, float]]:
-    """``[(file name, score)]`` from a RankSRGAN label file (``name score`` per line)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot read the label file ({exc.strerror or exc})") from None
-    out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            out.append((parts[0], float(parts[1])))
-        except ValueError:
-            raise ConfigError(f"{path}:{i}: expected 'name score', got {line!r}") from None
-    return out
-
-
-class RankGroups:
-    """The patches of one split grouped by location: ``groups[i] = [(level, path, score), ...]``,
-    levels in the dataset's order (best first). ``hard_pair`` holds the gap levels when known."""
-
-    def __init__(self, root, split: str = "train"):
-        self.root = Path(root)
-        label_file = self.root / f"{split}_label.txt"
-        if not label_file.is_file():
-            raise ConfigError(f"{self.root}: no {label_file.name}; is this a folder written by perceptsr rank-data?")
-        summary_file = self.root / SUMMARY
-        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
-        order = [lv["name"] for lv in summary.get("levels", [])]
-        self.hard_pair = tuple(summary.get("gap_levels", ()))
-        by_id: dict[int, dict[str, tuple[Path, float]]] = {}
-        for name, score in read_rank_labels(label_file):
-            m = _NAME.match(name)
-            if not m:
-                raise ConfigError(f"{label_file}: file name {name!r} is not '<n>_<level>.png'")
-            n, level = int(m.group(1)), m.group(2)
-            path = self.root / (f"train_patch_{level}" if split == "train" else f"{split}_patch_all") / name
-            if not path.is_file():
-                raise ImageReadError(f"{label_file}: {name} is listed but {path} does not exist")
-            by_id.setdefault(n, {})[level] = (path, score)
-        levels_seen = sorted({lv for g in by_id.values() for lv in g})
-        self.levels = [lv for lv in order if lv in levels_seen] + [lv for lv in levels_seen if lv not in order]
-        self.ids = sorted(by_id)
-        self.groups = [[(lv, *by_id[n][lv]) for lv in self.levels if lv in by_id[n]] for n in self.ids]
-        if any(len(g) < 2 for g in self.groups):
-            bad = next(n for n, g in zip(self.ids, self.groups) if len(g) < 2)
-            raise ConfigError(f"{label_file}: location {bad} has fewer than two labelled levels")
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-
-def _load_patch(path: Path) -> torch.Tensor:
-    from perceptsr.data.io import read_image
-
-    return torch.from_numpy(np.ascontiguousarray(read_image(path, mode="rgb").transpose(2, 0, 1)))
-
-
-class RankPairDataset(torch.utils.data.Dataset):
-    """Siamese pairs: item ``(epoch, j)`` is one pair of levels of location ``j % len``, drawn from
-    ``(seed, epoch, j)``: ``{"img1", "img2"}`` (3, H, W) float32 in [0, 1], ``{"score1", "score2"}``;
-    ``img1`` is the better level's patch, as in the release (pairs (esrgan, srgan), (esrgan, srres),
-    (srgan, srres)), unless ``swap_order``, which swaps each pair with probability 1/2. With the
-    release's two forward passes, train-mode BatchNorm normalises each side by its own batch, so a
-    fixed order lets training lean on per-side statistics that the eval-mode Ranker does not see.
-
-    Pairs are uniform over the location's level pairs, except that the hard pair (the two gap
-    levels) is ``hard_pair_weight`` times as likely (3 gives the release's commented 3:1:1 mix).
-    No augmentation, as in the release."""
-
-    def __init__(self, root, split: str = "train", *, seed: int = 0, hard_pair_weight: float = 1.0,
-                 swap_order: bool = False):
-        self.data = RankGroups(root, split)
-        if not len(self.data):
-            raise ConfigError(f"{root}: the {split} split is empty")
-        self.seed = int(seed)
-        self.hard_pair_weight = float(hard_pair_weight)
-        self.swap_order = bool(swap_order)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def pair_weights(self, group) -> tuple[list[tuple[int, int]], np.ndarray]:
-        pairs = list(combinations(range(len(group)), 2))
-        hard = set(self.data.hard_pair)
-        w = np.array([self.hard_pair_weight if {group[a][0], group[b][0]} == hard else 1.0 for a, b in pairs])
-        return pairs, w / w.sum()
-
-    def __getitem__(self, key) -> dict:
-        epoch, j = key if isinstance(key, tuple) else (self.epoch, key)
-        group = self.data.groups[j % len(self.data)]
-        pairs, p = self.pair_weights(group)
-        rng = np.random.default_rng([self.seed, epoch, j])
-        a, b = pairs[int(rng.choice(len(pairs), p=p))]  # the better level first, as the release
-        if rng.random() < 0.5 and self.swap_order:
-            a, b = b, a
-        return {"img1": _load_patch(group[a][1]), "img2": _load_patch(group[b][1]),
-                "score1": torch.tensor(group[a][2], dtype=torch.float32),
-                "score2": torch.tensor(group[b][2], dtype=torch.float32)}
-
-
-def ranking_loss(s1: torch.Tensor, s2: torch.Tensor, label1: torch.Tensor, label2: torch.Tensor, *,
-                 margin: float = 0.5, clamp: float | None = 5.0) -> torch.Tensor:
-    """``MarginRankingLoss(margin)`` of scores clamped to ``[-clamp, clamp]``; target +1 where
-    ``label1 >= label2`` (image 1 is worse, ties included), so R learns higher score = worse."""
-    s1, s2 = s1.reshape(-1), s2.reshape(-1)
-    if clamp:
-        s1, s2 = s1.clamp(-clamp, clamp), s2.clamp(-clamp, clamp)
-    target = torch.where(label1.reshape(-1) >= label2.reshape(-1), 1.0, -1.0).to(s1)
-    return F.margin_ranking_loss(s1, s2, target, margin=margin)
-
-
-def regression_loss(pred: torch.Tensor, label: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """The regression variant: L1 or L2 between predicted scores and the metric labels."""
-    pred, label = pred.reshape(-1), label.reshape(-1).to(pred)
-    if kind == "l1":
-        return F.l1_loss(pred, label)
-    if kind == "l2":
-        return F.mse_loss(pred, label)
-    raise ValueError(f"unknown regression loss {kind!r}")
-
-
-def pairwise_accuracy(scores, labels, groups: Iterable[Sequence[int]], pairs: Iterable[tuple] | None = None) -> float:
-    """Share of within-group pairs (i, j) whose predicted order ``s_i >= s_j`` matches ``l_i >= l_j``
-    (the release's ``rank_pair_test``). ``pairs`` optionally restricts to those level-index pairs."""
-    s, lab = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
-    allowed = None if pairs is None else {tuple(p) for p in pairs}
-    correct = total = 0
-    for idx in groups:
-        for a, b in combinations(range(len(idx)), 2):
-            if allowed is not None and (a, b) not in allowed:
-                continue
-            i, j = idx[a], idx[b]
-            total += 1
-            correct += bool((s[i] >= s[j]) == (lab[i] >= lab[j]))
-    return correct / total if total else math.nan
-
-
-def rank_correlations(scores, labels) -> dict[str, float]:
-    """Spearman (SROCC) and Kendall (tau-b) correlation of scores and labels (NaN when undefined)."""
-    from scipy import stats
-
-    s, lab = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
-    if len(s) < 2 or np.ptp(s) == 0 or np.ptp(lab) == 0:
-        return {"srocc": math.nan, "kendall": math.nan}
-    return {"srocc": float(stats.spearmanr(s, lab)[0]), "kendall": float(stats.kendalltau(s, lab)[0])}
-
-
-@torch.no_grad()
-def evaluate_ranker(model: nn.Module, data: RankGroups, device, batch_size: int = 16) -> dict[str, float]:
-    """Score every patch of ``data`` with ``model`` in eval mode (BN running statistics) and return
-    ``srocc``, ``kendall``, ``accuracy`` (all within-location pairs) and ``hard_accuracy`` (the gap
-    levels' pair only, NaN when unknown)."""
-    was_training = model.training
-    model.eval()
-    paths, labels, groups = [], [], []
-    for group in data.groups:
-        groups.append(list(range(len(paths), len(paths) + len(group))))
-        paths += [p for _, p, _ in group]
-        labels += [score for _, _, score in group]
-    scores = []
-    try:
-        for i in range(0, len(paths), batch_size):
-            x = torch.stack([_load_patch(p) for p in paths[i : i + batch_size]]).to(device)
-            scores.append(model(x).float().reshape(-1).cpu())
-    finally:
-        model.train(was_training)
-    s = torch.cat(scores).numpy() if scores else np.zeros(0)
-    out = rank_correlations(s, labels)
-    out["accuracy"] = pairwise_accuracy(s, labels, groups)
-    hard = set(data.hard_pair)
-    hard_groups = []
-    for group, idx in zip(data.groups, groups):
-        members = [k for k, (lv, _, _) in enumerate(group) if lv in hard]
-        if len(members) == 2:
-            hard_groups.append([idx[k] for k in members])
-    out["hard_accuracy"] = pairwise_accuracy(s, labels, hard_groups) if hard_groups else math.nan
-    return out
-
-
-# ================================================================================================
-# the engine objective
-
-
-@register_objective("ranker")
-class RankerObjective(Objective):
-    """RankSRGAN stage 2 in the training loop: ``model.arch: ranker`` is the trained network,
-    ``data.train.hr_dir`` the folder written by ``perceptsr rank-data``; see
-    :class:`perceptsr.config.RankerObjectiveConfig`."""
-
-    own_validation = True
-
-    def __init__(self, generator: nn.Module, cfg, runtime):
-        super().__init__(generator, cfg, runtime)
-        from perceptsr.archs.ranker_arch import Ranker
-        from perceptsr.train.optim import build_optimizer, build_scheduler
-
-        if not isinstance(generator, Ranker):
-            raise ConfigError(f"config key 'model.arch': the ranker objective trains a Ranker (arch 'ranker'), "
-                              f"got {cfg.model.arch!r}")
-        opts = cfg.objective
-        self.best_metric = (opts.best_metric, True)
-        self.net_r = runtime.wrap(generator)
-        self.optimizer = build_optimizer(generator.parameters(), cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule)
-        self._valid: RankGroups | None = None
-
-    def train_dataset(self):
-        o = self.options
-        return RankPairDataset(self.cfg.data.train.hr_dir, o.train_split, seed=self.cfg.seed,
-                               hard_pair_weight=o.hard_pair_weight, swap_order=o.swap_order)
-
-    def optimizers(self):
-        return {"net_g": self.optimizer}
-
-    def schedulers(self):
-        return {"net_g": self.scheduler}
-
-    def step(self, batch, iteration):
-        o = self.options
-        x1, x2 = self.runtime.to_device(batch["img1"]), self.runtime.to_device(batch["img2"])
-        l1, l2 = batch["score1"].to(self.runtime.device), batch["score2"].to(self.runtime.device)
-        self.net_r.train()
-        with self.runtime.autocast():  # two passes: BatchNorm statistics per side, as the release
-            s1 = self.net_r(x1).float().reshape(-1)
-            s2 = self.net_r(x2).float().reshape(-1)
-        if o.loss == "margin":
-            loss = ranking_loss(s1, s2, l1, l2, margin=o.margin, clamp=o.clamp or None)
-        else:
-            loss = regression_loss(torch.cat([s1, s2]), torch.cat([l1, l2]), o.loss)
-        self.optimize(loss, self.optimizer, self.generator, name=f"ranker {o.loss} loss")
-        agree = ((s1 >= s2) == (l1 >= l2)).float().mean()
-        return {f"loss/{o.loss}": loss.item(), "train/pair_accuracy": agree.item()}
-
-    def validate(self, model: nn.Module, iteration: int) -> dict[str, float]:
-        if self._valid is None:
-            self._valid = RankGroups(self.cfg.data.train.hr_dir, self.options.valid_split)
-            if not len(self._valid):
-                raise ConfigError(f"{self.cfg.data.train.hr_dir}: the {self.options.valid_split} split is empty")
-        metrics = evaluate_ranker(model, self._valid, self.runtime.device, self.options.val_batch_size)
-        best = self.options.best_metric
-        return {best: metrics.pop(best), **metrics}  # the best-checkpoint metric first

@@ -31,6 +31,15 @@ class DistInfo:
         return self.rank == 0
 
 
+def current() -> DistInfo:
+    """The process group this process is in (``torch.distributed`` when initialised), else world size 1.
+
+    The one place rank and world size are read; code that has a run context uses its ``dist``."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0), dist.get_backend())
+    return DistInfo()
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if value is None or value == "":

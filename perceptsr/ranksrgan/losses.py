@@ -1,11 +1,12 @@
-"""RankSRGAN's rank-content loss: a frozen Ranker scores the SR output, lower is better.
+"""RankSRGAN's losses: the Ranker's margin-ranking and regression losses (stage 2) and the
+rank-content loss that a frozen Ranker gives the generator (stage 3).
 
 The Ranker is trained so that its score goes *up* for worse images (higher NIQE / Ma-as-10-minus /
 PI), so minimising ``sigmoid(R(SR))`` pushes the generator towards better-ranked outputs
 (RankSRGAN spec §3.3, §4.4). As in the original:
 
-* the loss is ``weight * sum over the batch of sigmoid(R(SR_b) - bias)``: a *sum*, so its
-  effective weight grows with the batch size (0.03 per image in the paper, batch 8, bias 0);
+* the rank-content loss is ``weight * sum over the batch of sigmoid(R(SR_b) - bias)``: a *sum*, so
+  its effective weight grows with the batch size (0.03 per image in the paper, batch 8, bias 0);
 * the Ranker sees the SR output as it is: RGB in [0, 1], no mean/std normalisation;
 * its parameters are frozen (``requires_grad=False``, never handed to an optimizer) while gradients
   flow through it into the generator;
@@ -21,12 +22,34 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from perceptsr.errors import ConfigError
 
-__all__ = ["RankContentLoss", "BN_MODES"]
+__all__ = ["BN_MODES", "RankContentLoss", "ranking_loss", "regression_loss"]
 
 BN_MODES = ("train", "eval")
+
+
+def ranking_loss(s1: torch.Tensor, s2: torch.Tensor, label1: torch.Tensor, label2: torch.Tensor, *,
+                 margin: float = 0.5, clamp: float | None = 5.0) -> torch.Tensor:
+    """``MarginRankingLoss(margin)`` of scores clamped to ``[-clamp, clamp]``; target +1 where
+    ``label1 >= label2`` (image 1 is worse, ties included), so R learns higher score = worse."""
+    s1, s2 = s1.reshape(-1), s2.reshape(-1)
+    if clamp:
+        s1, s2 = s1.clamp(-clamp, clamp), s2.clamp(-clamp, clamp)
+    target = torch.where(label1.reshape(-1) >= label2.reshape(-1), 1.0, -1.0).to(s1)
+    return F.margin_ranking_loss(s1, s2, target, margin=margin)
+
+
+def regression_loss(pred: torch.Tensor, label: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """The regression variant: L1 or L2 between predicted scores and the metric labels."""
+    pred, label = pred.reshape(-1), label.reshape(-1).to(pred)
+    if kind == "l1":
+        return F.l1_loss(pred, label)
+    if kind == "l2":
+        return F.mse_loss(pred, label)
+    raise ValueError(f"unknown regression loss {kind!r}")
 
 
 class RankContentLoss(nn.Module):
@@ -34,7 +57,8 @@ class RankContentLoss(nn.Module):
 
     Args:
         ranker: a Ranker module, or a checkpoint file read with :func:`perceptsr.checkpoint.load_model`
-            (native, mmsr or old ``features.N`` layouts).
+            (native, mmsr or old ``features.N`` layouts; a Ranker run saves
+            ``checkpoints/iter_N/ranker.safetensors``).
         weight: loss weight (RankSRGAN: 0.03).
         bias: subtracted from the score before the sigmoid (RankSRGAN's ``R_bias``, 0).
         bn_mode: ``"train"`` (batch statistics, the original's behaviour) or ``"eval"``.

@@ -1,0 +1,134 @@
+"""RankSRGAN stage 2 data: the patches of a rank dataset grouped by location, and the Siamese pairs.
+
+Reads the folder written by :func:`perceptsr.ranksrgan.rank_data.build_rank_dataset`:
+:class:`RankGroups` groups one split's labelled patches by location (levels best first), and
+:class:`RankPairDataset` draws one pair of levels per location (uniformly, or with the hard pair,
+the two gap levels, ``hard_pair_weight`` times as likely).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from perceptsr.errors import ConfigError, ImageReadError
+from perceptsr.ranksrgan.rank_data import SUMMARY
+
+__all__ = ["read_rank_labels", "load_patch", "RankGroups", "RankPairDataset"]
+
+_NAME = re.compile(r"^(\d+)_(.+)\.png$")
+
+
+def read_rank_labels(path) -> list[tuple[str, float]]:
+    """``[(file name, score)]`` from a RankSRGAN label file (``name score`` per line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read the label file ({exc.strerror or exc})") from None
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            out.append((parts[0], float(parts[1])))
+        except ValueError:
+            raise ConfigError(f"{path}:{i}: expected 'name score', got {line!r}") from None
+    return out
+
+
+class RankGroups:
+    """The patches of one split grouped by location: ``groups[i] = [(level, path, score), ...]``,
+    levels in the dataset's order (best first). ``hard_pair`` holds the gap levels when known."""
+
+    def __init__(self, root, split: str = "train"):
+        self.root = Path(root)
+        label_file = self.root / f"{split}_label.txt"
+        if not label_file.is_file():
+            raise ConfigError(f"{self.root}: no {label_file.name}; is this a folder written by perceptsr rank-data?")
+        summary_file = self.root / SUMMARY
+        summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
+        order = [lv["name"] for lv in summary.get("levels", [])]
+        self.hard_pair = tuple(summary.get("gap_levels", ()))
+        by_id: dict[int, dict[str, tuple[Path, float]]] = {}
+        for name, score in read_rank_labels(label_file):
+            m = _NAME.match(name)
+            if not m:
+                raise ConfigError(f"{label_file}: file name {name!r} is not '<n>_<level>.png'")
+            n, level = int(m.group(1)), m.group(2)
+            path = self.root / (f"train_patch_{level}" if split == "train" else f"{split}_patch_all") / name
+            if not path.is_file():
+                raise ImageReadError(f"{label_file}: {name} is listed but {path} does not exist")
+            by_id.setdefault(n, {})[level] = (path, score)
+        levels_seen = sorted({lv for g in by_id.values() for lv in g})
+        self.levels = [lv for lv in order if lv in levels_seen] + [lv for lv in levels_seen if lv not in order]
+        self.ids = sorted(by_id)
+        self.groups = [[(lv, *by_id[n][lv]) for lv in self.levels if lv in by_id[n]] for n in self.ids]
+        if any(len(g) < 2 for g in self.groups):
+            bad = next(n for n, g in zip(self.ids, self.groups) if len(g) < 2)
+            raise ConfigError(f"{label_file}: location {bad} has fewer than two labelled levels")
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+def load_patch(path: Path) -> torch.Tensor:
+    """One patch file as a (3, H, W) float32 RGB tensor in [0, 1]."""
+    from perceptsr.data.io import read_image
+
+    return torch.from_numpy(np.ascontiguousarray(read_image(path, mode="rgb").transpose(2, 0, 1)))
+
+
+class RankPairDataset(torch.utils.data.Dataset):
+    """Siamese pairs: item ``(epoch, j)`` is one pair of levels of location ``j % len``, drawn from
+    ``(seed, epoch, j)``: ``{"img1", "img2"}`` (3, H, W) float32 in [0, 1], ``{"score1", "score2"}``;
+    ``img1`` is the better level's patch, as in the release (pairs (esrgan, srgan), (esrgan, srres),
+    (srgan, srres)), unless ``swap_order``, which swaps each pair with probability 1/2. With the
+    release's two forward passes, train-mode BatchNorm normalises each side by its own batch, so a
+    fixed order lets training lean on per-side statistics that the eval-mode Ranker does not see.
+
+    Pairs are uniform over the location's level pairs, except that the hard pair (the two gap
+    levels) is ``hard_pair_weight`` times as likely (3 gives the release's commented 3:1:1 mix).
+    No augmentation, as in the release."""
+
+    def __init__(self, root, split: str = "train", *, seed: int = 0, hard_pair_weight: float = 1.0,
+                 swap_order: bool = False):
+        self.data = RankGroups(root, split)
+        if not len(self.data):
+            raise ConfigError(f"{root}: the {split} split is empty")
+        self.seed = int(seed)
+        self.hard_pair_weight = float(hard_pair_weight)
+        self.swap_order = bool(swap_order)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def pair_weights(self, group) -> tuple[list[tuple[int, int]], np.ndarray]:
+        pairs = list(combinations(range(len(group)), 2))
+        hard = set(self.data.hard_pair)
+        w = np.array([self.hard_pair_weight if {group[a][0], group[b][0]} == hard else 1.0 for a, b in pairs])
+        return pairs, w / w.sum()
+
+    def __getitem__(self, key) -> dict:
+        epoch, j = key if isinstance(key, tuple) else (self.epoch, key)
+        group = self.data.groups[j % len(self.data)]
+        pairs, p = self.pair_weights(group)
+        rng = np.random.default_rng([self.seed, epoch, j])
+        a, b = pairs[int(rng.choice(len(pairs), p=p))]  # the better level first, as the release
+        if rng.random() < 0.5 and self.swap_order:
+            a, b = b, a
+        return {"img1": load_patch(group[a][1]), "img2": load_patch(group[b][1]),
+                "score1": torch.tensor(group[a][2], dtype=torch.float32),
+                "score2": torch.tensor(group[b][2], dtype=torch.float32)}

@@ -1,0 +1,78 @@
+"""RankSRGAN stage 2 validation: how well a Ranker orders the valid split.
+
+:func:`evaluate_ranker` scores every patch in eval mode and reports the pairwise ordering accuracy
+within each location (the release's ``rank_pair_test``) and the Spearman and Kendall correlation of
+scores and labels over the split.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from perceptsr.ranksrgan.datasets import RankGroups, load_patch
+
+__all__ = ["pairwise_accuracy", "rank_correlations", "evaluate_ranker"]
+
+
+def pairwise_accuracy(scores, labels, groups: Iterable[Sequence[int]], pairs: Iterable[tuple] | None = None) -> float:
+    """Share of within-group pairs (i, j) whose predicted order ``s_i >= s_j`` matches ``l_i >= l_j``
+    (the release's ``rank_pair_test``). ``pairs`` optionally restricts to those level-index pairs."""
+    s, lab = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
+    allowed = None if pairs is None else {tuple(p) for p in pairs}
+    correct = total = 0
+    for idx in groups:
+        for a, b in combinations(range(len(idx)), 2):
+            if allowed is not None and (a, b) not in allowed:
+                continue
+            i, j = idx[a], idx[b]
+            total += 1
+            correct += bool((s[i] >= s[j]) == (lab[i] >= lab[j]))
+    return correct / total if total else math.nan
+
+
+def rank_correlations(scores, labels) -> dict[str, float]:
+    """Spearman (SROCC) and Kendall (tau-b) correlation of scores and labels (NaN when undefined)."""
+    from scipy import stats
+
+    s, lab = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
+    if len(s) < 2 or np.ptp(s) == 0 or np.ptp(lab) == 0:
+        return {"srocc": math.nan, "kendall": math.nan}
+    return {"srocc": float(stats.spearmanr(s, lab)[0]), "kendall": float(stats.kendalltau(s, lab)[0])}
+
+
+@torch.no_grad()
+def evaluate_ranker(model: nn.Module, data: RankGroups, device, batch_size: int = 16) -> dict[str, float]:
+    """Score every patch of ``data`` with ``model`` in eval mode (BN running statistics) and return
+    ``srocc``, ``kendall``, ``accuracy`` (all within-location pairs) and ``hard_accuracy`` (the gap
+    levels' pair only, NaN when unknown)."""
+    was_training = model.training
+    model.eval()
+    paths, labels, groups = [], [], []
+    for group in data.groups:
+        groups.append(list(range(len(paths), len(paths) + len(group))))
+        paths += [p for _, p, _ in group]
+        labels += [score for _, _, score in group]
+    scores = []
+    try:
+        for i in range(0, len(paths), batch_size):
+            x = torch.stack([load_patch(p) for p in paths[i : i + batch_size]]).to(device)
+            scores.append(model(x).float().reshape(-1).cpu())
+    finally:
+        model.train(was_training)
+    s = torch.cat(scores).numpy() if scores else np.zeros(0)
+    out = rank_correlations(s, labels)
+    out["accuracy"] = pairwise_accuracy(s, labels, groups)
+    hard = set(data.hard_pair)
+    hard_groups = []
+    for group, idx in zip(data.groups, groups):
+        members = [k for k, (lv, _, _) in enumerate(group) if lv in hard]
+        if len(members) == 2:
+            hard_groups.append([idx[k] for k in members])
+    out["hard_accuracy"] = pairwise_accuracy(s, labels, hard_groups) if hard_groups else math.nan
+    return out
