@@ -18,6 +18,22 @@ Three groups, in the official column order (``feature_all.m`` of chaoma99/sr-met
   on the three pyramid levels.
 
 Everything runs in float64 torch, batched over images of one size, on any device.
+
+MATLAB's separable filter path (see :mod:`perceptsr.metrics.matlab_filter`, which makes NIQE exact
+in flat regions) and Ma's filters:
+
+* the pyramid's ``imfilter(im, fspecial('gaussian', 3))`` does **not** take it: ``imfilter``
+  tests separability only for kernels of at least 49 elements (this one has 9), so MATLAB filters
+  it in 2-D, in an order that no spec here describes; ``F.conv2d`` in float64 agrees with it to
+  rounding;
+* ``ssim_index_new``'s ``filter2(fspecial('gaussian', 11, 1.5), x, 'valid')`` (``f2``'s SSIM terms)
+  does: ``filter2`` factors any rank-1 stencil by SVD and calls ``conv2(hcol, hrow, x, 'valid')``,
+  column pass first. :func:`_filter2_valid_separable` uses exact normalised taps, row pass first,
+  so its last bits can differ; the SSIM terms are smooth in those values (``C2 = (0.03*255)^2``
+  stabilises every ratio, nothing counts signs), so this moves ``f2`` by ~1e-15 relative and no
+  change is needed;
+* the steerable pyramid filters in the Fourier domain, and the block DCTs and patch SVDs involve
+  no filtering.
 """
 
 from __future__ import annotations

@@ -18,10 +18,17 @@ Default protocol: ``color="y"`` (MATLAB ``rgb2ycbcr`` Y), ``round_uint8=True`` (
 MATLAB code reads), no crop; preset ``pirm`` adds the 4-px shave of the PIRM/RankSRGAN scripts.
 ``color="gray"`` reproduces ``computequality`` called directly on an RGB uint8 image.
 
-Perfectly flat 7x7 neighbourhoods (saturated areas) are the one place where floating-point detail
-changes the value (by up to ~1%): see ``flat_mode`` of :class:`NIQE`. The default reproduces the
-Octave run of the LIVE code (references/ma_niqe_octave) to <4e-4 and MATLAB R2021a's published
-baboon value to 2.4e-5.
+The Gaussian filter is MATLAB's own arithmetic by default (``flat_mode="matlab"``, see
+:mod:`perceptsr.metrics.matlab_filter`): ``imfilter`` on this window takes MATLAB's separable path
+(SVD-factored taps with their rounding, column pass first, conv2's tap order, one fused
+multiply-add per tap), so ``mu`` is MATLAB's bit for bit. That matters in perfectly flat 7x7
+neighbourhoods (sky, saturated areas, flat GAN output) and in neighbourhoods whose weighted mean
+equals the centre exactly (linear ramps): there ``I - mu`` is 0 or +-1e-14 depending on those
+last bits, and the sign decides the AGGD's left/right counts, moving NIQE by up to a few percent.
+It reproduces MATLAB R2021a's published baboon value to 1e-7. The earlier filters stay available
+as ``flat_mode="2d"`` (gain of the 2-D window; close to the Octave run of the LIVE code, whose
+``imfilter`` is not MATLAB's) and ``"exact"`` (exactly normalised taps). On images without such
+neighbourhoods all three agree to about 1e-12.
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ import torch.nn.functional as F
 
 from perceptsr.errors import AssetError, ConfigError, MetricInputError
 from perceptsr.metrics.base import Metric
+from perceptsr.metrics.matlab_filter import imfilter_gauss7
 
 __all__ = ["NIQE", "niqe", "fit_niqe_params", "load_niqe_params", "mscn", "aggd_features"]
 
 BLOCK = 96
+FLAT_MODES = ("matlab", "2d", "exact")
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (-1, 1))
 _GAUSS7 = None
 
@@ -111,33 +120,74 @@ def _filter_same(x: torch.Tensor, taps: list[float], gain: float = 1.0) -> torch
 
 
 def _mscn_and_sigma(im: torch.Tensor, flat_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    taps, gain = _gauss7()
-    if flat_mode == "exact":
-        gain = 1.0
-    mu = _filter_same(im, taps, gain)
-    sigma = (_filter_same(im * im, taps, gain) - mu * mu).abs_().sqrt_()
+    if flat_mode == "matlab":
+        mu = imfilter_gauss7(im)
+        sigma = (imfilter_gauss7(im * im) - mu * mu).abs_().sqrt_()
+    elif flat_mode in ("2d", "exact"):
+        taps, gain = _gauss7()
+        if flat_mode == "exact":
+            gain = 1.0
+        mu = _filter_same(im, taps, gain)
+        sigma = (_filter_same(im * im, taps, gain) - mu * mu).abs_().sqrt_()
+    else:
+        raise ConfigError(f"niqe: flat_mode must be one of {FLAT_MODES}, got {flat_mode!r}")
     return (im - mu).div_(sigma + 1), sigma
 
 
-def mscn(im: torch.Tensor, flat_mode: str = "2d") -> torch.Tensor:
+def mscn(im: torch.Tensor, flat_mode: str = "matlab") -> torch.Tensor:
     """Mean-subtracted contrast-normalised coefficients of ``(N, H, W)`` [0, 255] images.
 
-    ``flat_mode="2d"`` applies the 2-D window's floating-point gain (see :func:`_gauss7`);
+    ``flat_mode="matlab"`` filters as MATLAB's ``imfilter`` does (bit for bit);
+    ``"2d"`` applies the 2-D window's floating-point gain (see :func:`_gauss7`);
     ``"exact"`` uses exactly normalised taps (exact zeros in flat regions).
     """
     return _mscn_and_sigma(im, flat_mode)[0]
 
 
+def _half(im: torch.Tensor) -> torch.Tensor:
+    """MATLAB ``imresize(im, 0.5)`` of ``(N, H, W)`` float64 images, bit for bit as
+    :func:`perceptsr.data.imresize.imresize` (same products and additions in the same order).
+
+    For even sizes every output row uses the same 8 dyadic taps (-3, -9, 29, 111, 111, 29, -9,
+    -3)/256 on a mirrored, stride-2 window, so one gather of the mirrored rows and eight strided
+    slices replace imresize's eight gathers per axis.
+    """
+    from perceptsr.data.imresize import contributions, imresize
+
+    out = im
+    for dim in (-2, -1):  # MATLAB's order for equal scales: rows first
+        n = out.shape[dim]
+        m = (n + 1) // 2
+        weights, indices = contributions(n, m, 0.5)
+        taps = weights.shape[1]
+        padded = np.full(2 * (m - 1) + taps, -1, dtype=np.int64)
+        pos = 2 * np.arange(m)[:, None] + np.arange(taps)[None, :]
+        padded[pos] = indices
+        regular = (padded >= 0).all() and np.array_equal(padded[pos], indices)
+        if not (regular and (weights == weights[0]).all()):
+            return imresize(im, 0.5)  # not the regular layout: the general implementation
+        src = out.index_select(dim, torch.from_numpy(padded).to(out.device))
+        every2 = (slice(None),) * (src.ndim + dim) + (slice(None, None, 2),)
+        w = weights[0].tolist()
+        res = src.narrow(dim, 0, 2 * m - 1)[every2] * w[0]
+        tmp = torch.empty_like(res)
+        for p in range(1, taps):
+            res.add_(torch.mul(src.narrow(dim, p, 2 * m - 1)[every2], w[p], out=tmp))  # no FMA, as imresize
+        out = res
+    return out
+
+
 def _aggd(v: torch.Tensor, tables: dict[str, torch.Tensor]):
     """AGGD fit of each row of ``v`` (..., L) as ``estimateaggdparam.m``: (alpha, beta_l, beta_r, idx)."""
     n = v.shape[-1]
-    pos = v.clamp(min=0)
-    neg = v.clamp(max=0)
-    s_pos2 = torch.linalg.vecdot(pos, pos).double()
-    s_neg2 = torch.linalg.vecdot(neg, neg).double()
-    s_abs = pos.sum(-1, dtype=torch.float64) - neg.sum(-1, dtype=torch.float64)
-    n_pos = torch.count_nonzero(pos, dim=-1).double()
-    n_neg = torch.count_nonzero(neg, dim=-1).double()
+    parts = v.new_empty((2,) + v.shape)  # [max(v, 0), min(v, 0)]: one call per statistic
+    torch.clamp(v, min=0, out=parts[0])
+    torch.sub(v, parts[0], out=parts[1])  # min(v, 0), exactly
+    s_pos2, s_neg2 = torch.linalg.vector_norm(parts, dim=-1).square_()  # one pass, no temporary
+    s_pos, s_neg = parts.sum(-1)
+    s_abs = s_pos - s_neg
+    n_pos, n_neg = parts.sign_().sum(-1)  # exact counts (+-1 or 0); faster than count_nonzero
+    n_neg = -n_neg
     leftstd = (s_neg2 / n_neg).sqrt()  # 0/0 = NaN, as mean([]) in MATLAB
     rightstd = (s_pos2 / n_pos).sqrt()
     g = leftstd / rightstd
@@ -194,29 +244,33 @@ def _blocks(x: torch.Tensor, b: int) -> torch.Tensor:
     return x.reshape(n, h // b, b, w // b, b).permute(0, 1, 3, 2, 4).reshape(n, -1, b, b)
 
 
+def _block_rows(x: torch.Tensor, b: int) -> torch.Tensor:
+    """(N, H, W) -> (N * H/b, W/b, b, b) view (no copy): rows of blocks, row-major block order."""
+    n, h, w = x.shape
+    return x.view(n, h // b, b, w // b, b).transpose(2, 3).flatten(0, 1)
+
+
 def _features(
-    im: torch.Tensor, block: int = BLOCK, flat_mode: str = "2d", group: int = 150_000
+    im: torch.Tensor, block: int = BLOCK, flat_mode: str = "matlab", group: int = 150_000
 ) -> torch.Tensor:
     """(N, H, W) float64 [0, 255], H and W multiples of ``block`` -> (N, blocks, 36).
 
-    Blocks are processed in groups of about ``group`` pixels so that the five AGGD inputs of a
-    group stay in the CPU cache (several times faster than one pass over a whole batch).
+    Blocks are processed in groups of about ``group`` pixels (whole rows of blocks) so that the
+    five AGGD inputs of a group stay in the CPU cache (several times faster than one pass over a
+    whole batch); the blocks are read straight from the MSCN image.
     """
-    from perceptsr.data.imresize import imresize
-
     tables = _aggd_tables(str(im.device))
     n = im.shape[0]
     feats = []
     for scale in (1, 2):
         b = block // scale
-        blocks = _blocks(mscn(im, flat_mode), b)
-        nb = blocks.shape[1]
-        flat = blocks.reshape(n * nb, b, b)
-        step = flat.shape[0] if im.is_cuda else max(1, group // (b * b))
-        parts = [aggd_features(flat[i : i + step], tables) for i in range(0, flat.shape[0], step)]
-        feats.append(torch.cat(parts).reshape(n, nb, 18))
+        rows = _block_rows(mscn(im, flat_mode).contiguous(), b)
+        per_row = rows.shape[1] * b * b
+        step = rows.shape[0] if im.is_cuda else max(1, group // per_row)
+        parts = [aggd_features(rows[i : i + step], tables) for i in range(0, rows.shape[0], step)]
+        feats.append(torch.cat(parts).reshape(n, -1, 18))
         if scale == 1:
-            im = imresize(im, 0.5)
+            im = _half(im)
     return torch.cat(feats, dim=-1)
 
 
@@ -239,7 +293,7 @@ def niqe(
     mu_pris: torch.Tensor,
     cov_pris: torch.Tensor,
     block: int = BLOCK,
-    flat_mode: str = "2d",
+    flat_mode: str = "matlab",
 ) -> torch.Tensor:
     """NIQE of ``(N, H, W)`` images on [0, 255] (any float dtype; computed in float64)."""
     im = im.double()
@@ -261,18 +315,17 @@ def niqe(
 
 
 def fit_niqe_params(
-    images, *, block: int = BLOCK, sharpness_threshold: float = 0.75, flat_mode: str = "2d"
+    images, *, block: int = BLOCK, sharpness_threshold: float = 0.75, flat_mode: str = "matlab"
 ) -> tuple[np.ndarray, np.ndarray]:
     """A pristine model (mu 36, cov 36x36) from your own images, as LIVE's ``estimatemodelparam.m``.
 
     ``images``: 2-D grey images on [0, 255] (arrays or tensors), e.g. ``rgb2gray`` of uint8 photos.
     Each is cropped to a multiple of ``block``; a block enters the model only when its mean local
     sigma (the MSCN denominator, scale 1) exceeds ``sharpness_threshold`` times the image's sharpest
-    block; rows with non-finite features are dropped. Save with ``np.savez(path,
+    block; rows with non-finite features are dropped. ``flat_mode`` filters as in :class:`NIQE`
+    (default: MATLAB's ``imfilter`` arithmetic, as ``estimatemodelparam.m`` run in MATLAB). Save with ``np.savez(path,
     mu_pris_param=mu, cov_pris_param=cov)`` and pass ``params_path`` to :class:`NIQE`.
     """
-    from perceptsr.data.imresize import imresize
-
     tables = _aggd_tables("cpu")
     rows = []
     for index, image in enumerate(images):
@@ -288,7 +341,7 @@ def fit_niqe_params(
         coeffs, sigma = _mscn_and_sigma(x, flat_mode)
         sharpness = _blocks(sigma, block)[0].mean(dim=(-2, -1))
         fine = aggd_features(_blocks(coeffs, block)[0], tables)
-        coarse = aggd_features(_blocks(mscn(imresize(x, 0.5), flat_mode), block // 2)[0], tables)
+        coarse = aggd_features(_blocks(mscn(_half(x), flat_mode), block // 2)[0], tables)
         feat = torch.cat([fine, coarse], dim=-1)
         rows.append(feat[sharpness > sharpness_threshold * sharpness.max()])
     feat = torch.cat(rows) if rows else torch.empty(0, 36, dtype=torch.float64)
@@ -343,11 +396,15 @@ class NIQE(Metric):
     ``params_path`` overrides the pristine-parameter asset (``.mat`` or ``.npz``).
     ``max_pixels`` bounds the pixels processed at once (default 1M on CPU, where small chunks stay
     in cache, and 64M on GPUs); larger batches are chunked.
-    ``flat_mode``: how perfectly flat 7x7 neighbourhoods behave. ``"2d"`` (default) filters with
-    the floating-point gain of the LIVE 2-D window, as a 2-D convolution does: it matches the
-    Octave run of the LIVE code to <4e-4 on images with large saturated areas and MATLAB R2021a on
-    baboon to 2.4e-5. ``"exact"`` uses exactly normalised taps (flat pixels give exact zeros): it
-    matches MATLAB on baboon to 1e-7 but departs from the Octave run by up to 1% on saturated images.
+    ``flat_mode``: the 7x7 Gaussian filter, which decides the value on images with perfectly flat
+    7x7 neighbourhoods (saturated areas, sky, flat GAN output) and nowhere else (the modes agree
+    to ~1e-12 on other images). ``"matlab"`` (default): MATLAB's ``imfilter`` arithmetic bit for
+    bit (separable SVD taps, column pass first, one FMA per tap; see
+    :mod:`perceptsr.metrics.matlab_filter`); reproduces MATLAB R2021a's baboon value to 1e-7.
+    ``"2d"``: exact separable taps times the floating-point gain of the LIVE 2-D window (the
+    previous default; closest to the Octave run of the LIVE code, within 4e-4, but Octave's
+    ``imfilter`` is not MATLAB's). ``"exact"``: exactly normalised taps, flat pixels give exact
+    zeros.
     """
 
     name = "niqe"
@@ -361,11 +418,11 @@ class NIQE(Metric):
     score_range = (0.0, math.inf)
 
     def __init__(
-        self, *, params_path=None, max_pixels: int | None = None, flat_mode: str = "2d", **kw
+        self, *, params_path=None, max_pixels: int | None = None, flat_mode: str = "matlab", **kw
     ) -> None:
         super().__init__(**kw)
-        if flat_mode not in ("2d", "exact"):
-            raise ConfigError(f"niqe: flat_mode must be '2d' or 'exact', got {flat_mode!r}")
+        if flat_mode not in FLAT_MODES:
+            raise ConfigError(f"niqe: flat_mode must be one of {', '.join(map(repr, FLAT_MODES))}, got {flat_mode!r}")
         self.flat_mode = flat_mode
         mu, cov = load_niqe_params(params_path)
         self.register_buffer("mu_pris", torch.from_numpy(mu), persistent=False)
