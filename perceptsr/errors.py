@@ -23,3 +23,7 @@ class AssetError(PerceptsrError, FileNotFoundError):
 
 class MetricInputError(PerceptsrError, ValueError):
     """A metric received input of the wrong shape, range or size."""
+
+
+class ExportError(PerceptsrError, RuntimeError):
+    """A model cannot be exported, or the exported graph does not compute what the model computes."""

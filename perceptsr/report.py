@@ -10,6 +10,8 @@ recursively; a run folder beside or above an evaluated checkpoint is found too).
 * the metric table of each results file (best bold, ↑/↓, ``n/N images`` when images were skipped);
 * the perception-distortion plane: PSNR against LPIPS and against NIQE, one point per evaluated
   model (or population member), one panel per dataset, the Pareto front dashed;
+  sweeps that results files list under ``curves`` (``perceptsr interpolate --eval``: the
+  interpolation from A to B, and EA-Adam's trade-off curve beside it) are drawn as lines;
 * training curves of every scalar tag, one line per run, grouped by tag prefix (``train/``, ``val/``);
 * zoomed crops (LR bicubic / each model / HR) where the SR outputs differ most, from the SR images
   that ``evaluate(save_images=...)`` / ``perceptsr eval --save-images`` wrote (or the SR folders scored).
@@ -36,13 +38,15 @@ import numpy as np
 
 from perceptsr.errors import ConfigError, ImageReadError
 
-__all__ = ["build_report", "find_sources", "pareto_front", "read_scalars"]
+__all__ = ["build_report", "curve_lines", "find_sources", "pareto_front", "read_scalars"]
 
 #: Perception metrics drawn against PSNR on the perception-distortion plane.
 PD_METRICS = ("lpips", "dists", "niqe", "pi")  # lower-better perceptual metrics (and variants: lpips-vgg, ...)
 #: Side of the crop window in HR pixels (smaller images use half their shorter side).
 CROP_SIZE = 96
 _URL = re.compile(r"https?://\S+")
+#: Line colours of the sweep curves (``results["curves"]``) on the perception-distortion plane.
+_CURVE_COLORS = ("tab:green", "tab:purple", "tab:orange", "tab:brown")
 
 
 @dataclass
@@ -134,6 +138,19 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def curve_lines(results: dict, dataset: str, metric: str) -> list[tuple[str, list[float], list[float]]]:
+    """The ``(name, PSNRs, metric values)`` of each curve in ``results["curves"]`` (entries in sweep
+    order, e.g. an interpolation from A to B) on ``dataset``; entries without both values are left out."""
+    means = {s["model"]: s["mean"] for s in results["summary"] if s["dataset"] == dataset}
+    lines = []
+    for curve in results.get("curves", []):
+        pts = [means[p["model"]] for p in curve["points"] if p["model"] in means]
+        pts = [(m["psnr"], m[metric]) for m in pts if m.get("psnr") is not None and m.get(metric) is not None]
+        if len(pts) > 1:
+            lines.append((curve["name"], [x for x, _ in pts], [y for _, y in pts]))
+    return lines
+
+
 def _pd_plot(results: dict, metric: str, path: Path) -> bytes | None:
     rows = [s for s in results["summary"] if s["mean"].get("psnr") is not None and s["mean"].get(metric) is not None]
     datasets = list(dict.fromkeys(s["dataset"] for s in rows))
@@ -145,6 +162,8 @@ def _pd_plot(results: dict, metric: str, path: Path) -> bytes | None:
     for ax, ds in zip(axes.flat, datasets):
         pts = [(s["mean"]["psnr"], s["mean"][metric], s["model"]) for s in rows if s["dataset"] == ds]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=28, color="tab:blue", zorder=3)
+        for k, (name, xs, ys) in enumerate(curve_lines(results, ds, metric)):
+            ax.plot(xs, ys, "-", color=_CURVE_COLORS[k % len(_CURVE_COLORS)], lw=1.5, label=name, zorder=1)
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         front = pareto_front([(p[0], p[1]) for p in pts])

@@ -511,3 +511,20 @@ def test_two_process_evaluation_equals_single_process(tmp_path):
     assert r0["phase_repl"] == r0["ref_phase_repl"] == r1["phase_repl"]
     assert torch.equal(r0["phase_fitness"], r0["ref_phase_fitness"])
     assert torch.equal(r1["phase_fitness"], r0["ref_phase_fitness"])
+
+
+def test_hypervolume_by_hand():
+    from perceptsr.ea_adam.selection import hypervolume
+
+    # minimised (a, b) points against reference (4, 4): staircase of rectangles, hand-summed
+    pts = [[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]]
+    assert hypervolume(pts, [4.0, 4.0]) == pytest.approx(3 * 1 + 2 * 1 + 1 * 1)
+    assert hypervolume(list(reversed(pts)), [4.0, 4.0]) == pytest.approx(6.0)  # order does not matter
+    assert hypervolume(pts + [[2.5, 2.5]], [4.0, 4.0]) == pytest.approx(6.0)  # a dominated point adds nothing
+    assert hypervolume(pts + [[5.0, 0.0], [0.5, float("nan")]], [4.0, 4.0]) == pytest.approx(6.0)  # outside
+    assert hypervolume([[2.0, 2.0]], [4.0, 4.0]) == pytest.approx(4.0)
+    assert hypervolume([[1.0, 1.0]], [1.0, 3.0]) == 0.0  # not strictly better than the reference
+    improved = [[1.0, 3.0], [1.5, 2.0], [3.0, 1.0]]  # one member better in one objective: more volume
+    assert hypervolume(improved, [4.0, 4.0]) > hypervolume(pts, [4.0, 4.0])
+    with pytest.raises(ValueError, match=r"\(K, 2\)"):
+        hypervolume([[1.0, 2.0, 3.0]], [4.0, 4.0])

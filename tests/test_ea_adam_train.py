@@ -205,18 +205,24 @@ def test_stage_b_trains_only_the_regressors_and_resumes(data, run_a, run_b, tmp_
     _assert_same(_weights(tmp_path / "fusion" / "checkpoints" / "iter_4"), w)
 
 
-def test_stage_c_collapse_equals_dynamic_net_and_tradeoff_endpoints(data, run_a, run_b, tmp_path):
-    from perceptsr.checkpoint import load_model
+def test_stage_c_collapse_equals_dynamic_net_and_tradeoff_endpoints(data, run_a, run_b, tmp_path, capsys):
+    from perceptsr.checkpoint import load_model, read_checkpoint
     from perceptsr.data import read_image
-    from perceptsr.fusion import DynamicNetwork, attention_for, load_attention, load_fusion_weights
+    from perceptsr.fusion import DynamicNetwork, attention_for, load_attention, load_fusion_weights, output_gap
 
     fused_file = tmp_path / "fused" / "fused_x4.safetensors"
     assert cli_main(["fuse", str(run_b), "--lr-dir", str(data / "lr"), "--output", str(fused_file),
                      "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out
     fused = load_model(fused_file)
     weights, record = load_fusion_weights(fused_file.parent)
     assert record["num_images"] == 3 and record["arch"] == "msrresnet"
     assert all(abs(float(v.sum()) - 1) < 1e-6 for v in weights.values())
+    # the output gap between the per-image dynamic network and the collapsed model, printed and recorded
+    gap = record["output_gap"]
+    assert gap["images"] == 3 and 0 <= gap["mean_abs"] <= gap["max_abs"] and gap["psnr"] > 0
+    assert f"max |diff| {gap['max_abs']:.4g}" in printed and f"PSNR {gap['psnr']:.2f} dB" in printed
+    assert read_checkpoint(fused_file).meta["extra"]["fusion"]["output_gap"] == gap
 
     # the collapsed network computes what the dynamic network computes with the averaged weights
     population = run_a / "population" / "final"
@@ -227,6 +233,13 @@ def test_stage_c_collapse_equals_dynamic_net_and_tradeoff_endpoints(data, run_a,
         expected = net.eval()(x)
         got = fused(x)
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    again = output_gap(net, fused, data / "lr")  # the same images and crop as perceptsr fuse
+    assert {k: again[k] for k in ("images", "max_abs", "mean_abs", "psnr")} == \
+        {k: gap[k] for k in ("images", "max_abs", "mean_abs", "psnr")}
+    on_val = tmp_path / "fused_val" / "fused_x4.safetensors"
+    assert cli_main(["fuse", str(run_b), "--lr-dir", str(data / "lr"), "--output", str(on_val), "--device", "cpu",
+                     "--gap-dir", str(data / "val"), "--quiet"]) == 0
+    assert load_fusion_weights(on_val.parent)[1]["output_gap"]["images"] == 2
 
     # --tradeoff: 0 and 1 are the end members, for a population folder and for the fused model
     def upscale(model: Path, *extra: str) -> np.ndarray:
@@ -240,6 +253,93 @@ def test_stage_c_collapse_equals_dynamic_net_and_tradeoff_endpoints(data, run_a,
     for source in (population, fused_file):
         assert np.array_equal(upscale(source, "--tradeoff", "0"), first)
         assert np.array_equal(upscale(source, "--tradeoff", "1"), last)
-    assert np.array_equal(upscale(fused_file, "--tradeoff", "0.5"), upscale(fused_file))
+    # the fused model sits at its own expert position (issue 11: it used to be pinned to t = 0.5)
+    assert np.array_equal(upscale(fused_file, "--tradeoff", repr(record["tradeoff_t"])), upscale(fused_file))
     assert cli_main(["upscale", "--model", str(member_file(population, 0)), "--input", str(data / "lr"),
                      "--output", str(tmp_path / "bad"), "--tradeoff", "0.3", "--quiet"]) == 1
+
+
+# ------------------------------------------------------------------------------------------- SwinIR
+
+SWIN = {"arch": "swinir", "kwargs": {"img_size": 8, "window_size": 4, "depths": [2], "embed_dim": 12,
+                                     "num_heads": [2], "mlp_ratio": 2.0, "upsampler": "pixelshuffledirect"}}
+TABLE = "relative_position_bias_table"
+
+
+def test_swinir_population_trained_by_adam_goes_through_stages_b_and_c(data, tmp_path):
+    """Issue 11: Adam trains SwinIR's relative-position bias tables in stage A, SBX/mutation never
+    touch them, so the experts differ there and stage B used to raise. With static_policy: average
+    stage B trains and stage C collapses to a model holding the tables' mean."""
+    from safetensors.torch import load_file
+
+    from perceptsr.checkpoint import load_model
+    from perceptsr.errors import CheckpointError
+    from perceptsr.fusion import DynamicNetwork, attention_for, load_attention, load_fusion_weights
+
+    raw = _base(data, tmp_path, "ea_swin", {"type": "ea_adam", "population": N, "perceptual": VGG, "discriminator": DISC,
+                                            "t_adam": 1, "epoch_iterations": 100, "plane_metric": "ssim"}, 2)
+    raw["model"] = dict(SWIN)
+    run_a = train(config_from_dict(TrainConfig, raw), progress=False).run_dir
+    population = run_a / "population" / "final"
+    members = [load_file(member_file(population, i)) for i in range(N)]
+    tables = [k for k in members[0] if k.endswith(TABLE)]
+    assert tables and all(not torch.equal(members[0][k], members[i][k]) for k in tables for i in (1, 2))
+
+    def stage_b(name: str, **options) -> dict:
+        obj = {"type": "fusion", "experts": str(population), "perceptual": VGG,
+               "attention": {"kernel_size": 3, "num_feat": 4, "num_params": 4, "hidden": 3},
+               "discriminator": {**DISC, "pretrained": str(run_a / "checkpoints" / "iter_2" / f"net_d_{N - 1}.safetensors")},
+               **options}
+        raw_b = _base(data, tmp_path, name, obj, 2)
+        raw_b["model"] = dict(SWIN)
+        return config_from_dict(TrainConfig, raw_b)
+
+    with pytest.raises(CheckpointError, match=rf"{TABLE}[\s\S]*static_policy"):
+        train(stage_b("swin_fusion_strict"), progress=False)
+    cfg_b = stage_b("swin_fusion", static_policy="average")
+    run_b = train(cfg_b, progress=False).run_dir
+    fused_file = tmp_path / "fused" / "swin_x4.safetensors"
+    assert cli_main(["fuse", str(run_b), "--lr-dir", str(data / "lr"), "--output", str(fused_file), "--device", "cpu",
+                     "--no-crop", "--quiet"]) == 0
+    weights, record = load_fusion_weights(fused_file.parent)
+    assert record["static_policy"] == "average" and record["output_gap"]["images"] == 3
+    fused = load_model(fused_file)
+    for k in tables:
+        mean = sum(m[k].double() for m in members) / N
+        torch.testing.assert_close(fused.state_dict()[k].double(), mean, rtol=0, atol=1e-7)
+    net = DynamicNetwork.from_files(population, attention=attention_for(cfg_b), static_policy="average").eval()
+    load_attention(run_b / "checkpoints" / "iter_2" / "net_g.safetensors", net)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), net.using_weights(weights):
+        torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ best checkpoint
+
+
+def test_population_run_picks_its_best_checkpoint_by_hypervolume(data, tmp_path):
+    """Issue 11: the best checkpoint used to follow individual 0's PSNR, which never changes with
+    freeze_first, so "best" stayed at the first validation. Now it follows the hypervolume of the
+    population in the (PSNR, plane metric) plane, which rises while Adam improves the members."""
+    from perceptsr.ea_adam.objective import HV_REFERENCE
+    from perceptsr.ea_adam.selection import hypervolume
+
+    raw = _base(data, tmp_path, "ea_best", {"type": "ea_adam", "population": N, "perceptual": VGG, "discriminator": DISC,
+                                            "t_adam": 1, "epoch_iterations": 100, "plane_metric": "ssim"}, 6)  # no EA phase
+    raw["optim"]["lr"] = 3e-3
+    raw["train"].update({"val_every": 2, "save_every": 100})
+    run = train(config_from_dict(TrainConfig, raw), progress=False).run_dir
+    manifests = {int(p.parent.name.split("_")[1]): json.loads(p.read_text())
+                 for p in (run / "checkpoints").glob("iter_*/manifest.json")}
+    values = {}
+    for it, man in sorted(manifests.items()):
+        m = man["metrics"]
+        assert man["metric_name"] == "hypervolume"
+        expect = hypervolume([[-m[f"ind{i}/psnr"], -m[f"ind{i}/ssim"]] for i in range(N)],
+                             [-HV_REFERENCE["psnr"], -HV_REFERENCE["ssim"]])
+        assert man["metric"] == pytest.approx(expect, rel=1e-12)
+        values[it] = man["metric"]
+        assert m["ind0/psnr"] == manifests[min(manifests)]["metrics"]["ind0/psnr"]  # individual 0 is frozen
+    best = json.loads((run / "checkpoints" / "latest.json").read_text())["best"]
+    assert best["name"] == "hypervolume" and best["iteration"] == max(values, key=values.get)
+    assert best["iteration"] > 2  # it moved after the first validation

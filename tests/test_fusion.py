@@ -4,6 +4,7 @@ trade-off interpolation. Tiny MSRResNet/RRDBNet with K=3 random experts and a na
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -17,9 +18,10 @@ from perceptsr.checkpoint import save_model
 from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.fusion import (
     FUSION_ARCH, AttentionConfig, AttentionRegressor, DynamicConv2d, DynamicLayerNorm, DynamicLinear, DynamicNetwork,
+    fuse_state_dicts,
     average_fusion_weights, build_tradeoff_model, center_crop_half, collapse, default_attention_config,
-    interpolate_fusion_weights, interpolate_population, load_attention, load_fusion_weights, member_index,
-    save_fused_model, sort_expert_files,
+    expert_position, fused_tradeoff, interpolate_fusion_weights, interpolate_population, load_attention,
+    load_fusion_weights, member_index, output_gap, save_fused_model, sort_expert_files,
 )
 
 K = 3
@@ -400,15 +402,69 @@ def test_population_interpolation_endpoints_and_midpoints():
         interpolate_population(sds, 1.5)
 
 
-def test_fusion_weight_interpolation_passes_through_the_fused_point():
-    avg = {"a": torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64), "b": torch.tensor([0.6, 0.1, 0.3], dtype=torch.float64)}
-    w0, wc, w1 = (interpolate_fusion_weights(avg, t) for t in (0.0, 0.5, 1.0))
+DOC_WEIGHTS = [0.004, 0.009, 0.015, 0.086, 0.886]  # the CPU run's mean weights in docs/ea_adam.md (issue 11)
+
+
+def test_fusion_weight_interpolation_is_calibrated_to_the_expert_position():
+    """t is the perceptual preference on the fused path too: mean expert index t * (K - 1), with the
+    fused weights at their own position (issue 11: t = 0.5 used to be pinned to the fused model,
+    i.e. expert 3.84 for these weights, and t = 0.25 was 1.92)."""
+    k = len(DOC_WEIGHTS)
+    avg = {"a": torch.tensor(DOC_WEIGHTS, dtype=torch.float64),
+           "b": torch.tensor([0.2, 0.3, 0.2, 0.2, 0.1], dtype=torch.float64)}
+    center = (3.841 + 1.7) / 2
+    assert math.isclose(expert_position(avg), center, abs_tol=1e-12)
+    for t in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
+        w = interpolate_fusion_weights(avg, t)
+        assert math.isclose(expert_position(w), t * (k - 1), abs_tol=1e-12), t
+        for v in w.values():  # still convex combinations of the experts
+            assert bool((v >= 0).all()) and math.isclose(float(v.sum()), 1.0, abs_tol=1e-12)
+    w0, w1 = interpolate_fusion_weights(avg, 0.0), interpolate_fusion_weights(avg, 1.0)
     for n in avg:
-        assert torch.equal(w0[n], torch.tensor([1.0, 0, 0], dtype=torch.float64))
-        assert torch.equal(wc[n], avg[n])
-        assert torch.equal(w1[n], torch.tensor([0, 0, 1.0], dtype=torch.float64))
-        torch.testing.assert_close(interpolate_fusion_weights(avg, 0.25)[n], (w0[n] + avg[n]) / 2)
-        torch.testing.assert_close(interpolate_fusion_weights(avg, 0.75)[n], (w1[n] + avg[n]) / 2)
+        assert torch.equal(w0[n], torch.eye(k, dtype=torch.float64)[0])
+        assert torch.equal(w1[n], torch.eye(k, dtype=torch.float64)[-1])
+    at_fused = interpolate_fusion_weights(avg, fused_tradeoff(avg))
+    assert all(torch.equal(at_fused[n], avg[n]) for n in avg)
+    assert math.isclose(fused_tradeoff(avg), center / (k - 1))
+    # one common coefficient: every layer is the same blend of its fused weights and the end expert
+    half = interpolate_fusion_weights(avg, 0.5 * center / (k - 1))
+    for n in avg:
+        torch.testing.assert_close(half[n], (avg[n] + torch.eye(k, dtype=torch.float64)[0]) / 2)
+    assert math.isclose(expert_position(interpolate_fusion_weights(torch.tensor(DOC_WEIGHTS), 0.25)), 1.0,
+                        abs_tol=1e-12)
+
+
+def _write_population(folder, sds, arch="msrresnet"):
+    for i, sd in enumerate(sds):
+        save_model(folder / f"member_{i}.safetensors", sd, arch=arch, arch_kwargs=ARCHS[arch])
+    return folder
+
+
+def _recovered_weights(model: nn.Module, sds, key: str) -> torch.Tensor:
+    """The K mixing weights behind one tensor of ``model``, solved from the experts' tensors."""
+    basis = torch.stack([sd[key].double().reshape(-1) for sd in sds], dim=1)
+    target = model.state_dict()[key].double().reshape(-1, 1)
+    return torch.linalg.lstsq(basis, target).solution.reshape(-1)
+
+
+def test_both_tradeoff_paths_put_t_at_the_same_expert_position(tmp_path):
+    """Issue 11: --tradeoff 0.5 gave member 2 of 5 on the population path but about expert 3.8 on the
+    fused path. Now both are at expert position t * (K - 1), read back from the weights themselves."""
+    sds = experts("msrresnet", k=5)
+    pop = _write_population(tmp_path / "pop", sds)
+    fused_w = {n: torch.tensor(DOC_WEIGHTS, dtype=torch.float64)
+               for n in DynamicNetwork.from_files(pop, attention=SMALL).layer_names}
+    for t in (0.25, 0.5, 0.8):
+        plain = build_tradeoff_model(pop, t)
+        fused = build_tradeoff_model(pop, t, fusion_weights=fused_w)
+        assert plain.perceptsr_meta["tradeoff"]["position"] == pytest.approx(4 * t, abs=1e-12)
+        assert fused.perceptsr_meta["tradeoff"]["position"] == pytest.approx(4 * t, abs=1e-12)
+        for key in ("conv_first.weight", "body.0.conv1.weight", "conv_last.weight"):
+            for model in (plain, fused):
+                w = _recovered_weights(model, sds, key)
+                assert float(w @ torch.arange(5, dtype=torch.float64)) == pytest.approx(4 * t, abs=1e-5), (t, key)
+    mid = build_tradeoff_model(pop, 0.5)
+    assert all(torch.equal(v, sds[2][k]) for k, v in mid.state_dict().items())
 
 
 def test_build_tradeoff_model_from_a_population_folder(tmp_path):
@@ -425,17 +481,120 @@ def test_build_tradeoff_model_from_a_population_folder(tmp_path):
     for k, v in mid.state_dict().items():
         torch.testing.assert_close(v, (sds[0][k] + sds[1][k]) / 2)
     assert mid.perceptsr_meta["tradeoff"]["between"] == [0, 1]
-    # through fusion weights: t = 0.5 is the fused model, t = 0 member 0
+    # through fusion weights: the fused model at its own t (recorded in the JSON), t = 0 member 0
     net = DynamicNetwork.from_files(pop, attention=SMALL, seed=0)
     avg = average_fusion_weights(net, lr(1, 12, 12))
     fused = collapse(net, avg)
     _, js = save_fused_model(tmp_path / "fused" / "fused.safetensors", fused, avg)
+    t_fused = load_fusion_weights(js)[1]["tradeoff_t"]
+    assert t_fused == fused_tradeoff(avg) and 0 < t_fused < 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        at_center = build_tradeoff_model(pop, 0.5, fusion_weights=js)
+        at_center = build_tradeoff_model(pop, t_fused, fusion_weights=js)
     with torch.no_grad():
         torch.testing.assert_close(at_center(x), fused(x), rtol=0, atol=1e-6)
     at_zero = build_tradeoff_model(pop, 0.0, fusion_weights=avg)
     assert all(torch.equal(v, sds[0][k]) for k, v in at_zero.state_dict().items())
     with pytest.raises(ConfigError, match="individual index"):
         sort_expert_files([pop / "fused_x4.safetensors"])
+
+
+# --------------------------------------------------------------------------- static policy (SwinIR)
+
+SWIN = {"upscale": 4, "img_size": 8, "window_size": 4, "depths": [2], "embed_dim": 12, "num_heads": [2],
+        "mlp_ratio": 2, "upsampler": "pixelshuffledirect"}
+TABLE = "relative_position_bias_table"
+
+
+def swinir_experts(k: int = K) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for i in range(k):
+        torch.manual_seed(200 + i)
+        m = build_arch("swinir", **SWIN)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        out.append(m.state_dict())
+    return out
+
+
+def test_static_policy_decides_differing_tensors_outside_the_dynamic_layers():
+    """Issue 11: SwinIR experts differ in their relative-position bias tables (not a dynamic layer),
+    which made stage B raise. The policy is explicit: error (default), average or first, and stage C
+    keeps what stage B used."""
+    sds = swinir_experts()
+    tables = [key for key in sds[0] if key.endswith(TABLE)]
+    assert len(tables) == 2 and all(not torch.equal(sds[0][t], sds[1][t]) for t in tables)
+
+    def make():
+        return build_arch("swinir", **SWIN)
+
+    with pytest.raises(CheckpointError, match=rf"{TABLE}[\s\S]*static_policy"):
+        DynamicNetwork(make, sds, attention=SMALL)
+    x = lr(2, 8, 8, seed=4)
+    for policy, expected in (("average", lambda t: sum(sd[t].double() for sd in sds) / K),
+                             ("first", lambda t: sds[0][t].double())):
+        net = DynamicNetwork(make, sds, attention=SMALL, static_policy=policy, seed=0).eval()  # no drop path
+        assert sorted(net.static_keys) == sorted(tables) and net.static_policy == policy
+        with torch.no_grad():
+            avg = average_fusion_weights(net, [lr(1, 8, 8, s) for s in range(2)], center_crop_half=False)
+            fused = collapse(net, avg)
+            for t in tables:
+                torch.testing.assert_close(fused.state_dict()[t].double(), expected(t), rtol=0, atol=1e-7)
+                torch.testing.assert_close(net.state_dict()[f"net.{t}"].double(), expected(t), rtol=0, atol=1e-7)
+            with net.using_weights(avg):
+                torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-5)
+        same = fuse_state_dicts(make(), sds, avg, static=policy)
+        assert all(torch.equal(v, same[k]) for k, v in fused.state_dict().items())
+    with pytest.raises(ConfigError, match="static_policy"):
+        DynamicNetwork(make, sds, attention=SMALL, static_policy="last")
+
+
+def test_tradeoff_of_a_swinir_fused_model_moves_the_static_tensors_along(tmp_path):
+    sds = swinir_experts()
+    pop = tmp_path / "pop"
+    for i, sd in enumerate(sds):
+        save_model(pop / f"member_{i}.safetensors", sd, arch="swinir", arch_kwargs=SWIN)
+    net = DynamicNetwork.from_files(pop, attention=SMALL, static_policy="average", seed=0)
+    avg = average_fusion_weights(net, lr(2, 8, 8), center_crop_half=False)
+    fused = collapse(net, avg)
+    _, js = save_fused_model(tmp_path / "fused" / "fused.safetensors", fused, avg, static_policy="average")
+    for t, j in ((0.0, 0), (1.0, K - 1)):
+        m = build_tradeoff_model(pop, t, fusion_weights=js)
+        assert all(torch.equal(v, sds[j][k]) for k, v in m.state_dict().items()), t
+    at_fused = build_tradeoff_model(pop, load_fusion_weights(js)[1]["tradeoff_t"], fusion_weights=js)
+    assert all(torch.equal(v, fused.state_dict()[k]) for k, v in at_fused.state_dict().items())
+    with pytest.raises(CheckpointError, match=TABLE):
+        build_tradeoff_model(pop, 0.5, fusion_weights=avg)  # a bare dict records no policy: error
+
+
+# --------------------------------------------------------------------------- output gap
+
+
+def test_output_gap_compares_per_image_and_collapsed_outputs():
+    net = dynamic("msrresnet")
+    with torch.no_grad():  # sharper regressors: the per-image weights differ clearly from their average
+        for layer in net.dynamic_layers().values():
+            layer.fusion.MappingNet[2].weight.mul_(300)
+    images = [lr(1, 12, 12, s) for s in range(3)]
+    avg = average_fusion_weights(net, images)
+    fused = collapse(net, avg)
+    gap = output_gap(net, fused, images)
+    diffs, psnrs = [], []
+    with torch.no_grad():
+        for img in images:
+            crop = center_crop_half(img)
+            d = (fused(crop).clamp(0, 1) - net(crop).clamp(0, 1)).double()
+            diffs.append(d.reshape(-1))
+            psnrs.append(float(-10 * torch.log10(d.pow(2).mean())))
+    every = torch.cat(diffs)
+    assert gap["images"] == 3
+    assert gap["max_abs"] == pytest.approx(float(every.abs().max()), rel=1e-9)
+    assert gap["mean_abs"] == pytest.approx(float(every.abs().mean()), rel=1e-9)
+    assert gap["psnr"] == pytest.approx(sum(psnrs) / 3, rel=1e-9)
+    assert 1e-4 < gap["max_abs"] < 1 and gap["psnr"] < 90  # per-image weights differ from their average
+    # regressors that give every image the averaged weights: no gap (PSNR at its cap)
+    const = DynamicNetwork(lambda: build_arch("msrresnet", **ARCHS["msrresnet"]), experts("msrresnet"),
+                           attention=lambda name, layer: Constant(avg[name]))
+    none = output_gap(const, fused, images)
+    assert none["max_abs"] < 1e-5 and none["psnr"] > 90

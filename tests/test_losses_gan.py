@@ -39,3 +39,20 @@ def test_errors_name_the_problem():
         generator_loss("wgan", torch.zeros(1))
     with pytest.raises(ValueError, match="needs the discriminator's logits on real images"):
         generator_loss("ragan", torch.zeros(1))
+
+
+def test_ragan_discriminator_loss_detaches_the_other_sides_mean():
+    """As ESRGAN / BasicSR / the EA-Adam RRDB release: D(hr) - mean D(sr).detach() and
+    D(sr) - mean D(hr).detach(), so each term reaches D only through its own side's logits."""
+    real = torch.tensor([1.0, -0.5, 2.0], requires_grad=True)
+    fake = torch.tensor([0.3, -1.0, 0.0], requires_grad=True)
+    discriminator_loss("ragan", real, fake).backward()
+    ref_real = real.detach().clone().requires_grad_()
+    ref_fake = fake.detach().clone().requires_grad_()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    loss = 0.5 * (bce(ref_real - fake.detach().mean(), torch.ones(3))
+                  + bce(ref_fake - real.detach().mean(), torch.zeros(3)))
+    loss.backward()
+    torch.testing.assert_close(real.grad, ref_real.grad)
+    torch.testing.assert_close(fake.grad, ref_fake.grad)
+    assert bool((real.grad < 0).all()) and bool((fake.grad > 0).all())  # each side pushed its own way only

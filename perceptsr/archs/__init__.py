@@ -22,6 +22,7 @@ from perceptsr.archs.registry import (
 __all__ = [
     "ARCH_KINDS", "ArchSpec", "arch_specs", "build_arch", "get_arch", "list_archs", "register_arch", "spec_of",
     "SRResNet", "MSRResNet", "RRDBNet", "SwinIR", "VGGDiscriminator", "Ranker",
+    "SRVGGNetCompact",
 ]
 
 _LAZY = {
@@ -31,6 +32,7 @@ _LAZY = {
     "SwinIR": "perceptsr.archs.swinir_arch",
     "VGGDiscriminator": "perceptsr.archs.discriminator_arch",
     "Ranker": "perceptsr.archs.ranker_arch",
+    "SRVGGNetCompact": "perceptsr.archs.srvggnet_arch",
 }
 
 

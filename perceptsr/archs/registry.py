@@ -47,6 +47,7 @@ _BUILTINS: dict[str, str] = {
     "vgg_discriminator_128": "perceptsr.archs.discriminator_support:VGG_DISCRIMINATOR_128",
     "vgg_discriminator_296": "perceptsr.archs.discriminator_support:VGG_DISCRIMINATOR_296",
     "swinir": "perceptsr.archs.swinir_support:SWINIR",
+    "srvggnet_compact": "perceptsr.archs.srvggnet_support:SRVGGNET_COMPACT",  # only body.{i} keys: claims no other
 }
 
 # other spellings users bring from BasicSR/mmsr configs -> canonical name
@@ -56,6 +57,7 @@ _ALIASES: dict[str, str] = {
     "discriminator_vgg_296": "vgg_discriminator_296",
     "ranker_vgg12": "ranker",
     "ranker_vgg12_296": "ranker",
+    "srvggnetcompact": "srvggnet_compact",
 }
 
 StateDict = Mapping[str, Any]

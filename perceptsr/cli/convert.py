@@ -1,4 +1,6 @@
-"""``perceptsr convert IN OUT``: rewrite any supported checkpoint in the native safetensors format."""
+"""``perceptsr convert IN OUT``: rewrite any supported checkpoint in the native safetensors format;
+``perceptsr convert MODEL.param MODEL.bin OUT``: import an ncnn RRDBNet / SRVGGNetCompact
+(:mod:`perceptsr.interop.ncnn`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="IN", help="checkpoint to read (.pth/.pt/.ckpt/.safetensors, any supported layout)")
+    parser.add_argument("input", metavar="IN", help="checkpoint to read (.pth/.pt/.ckpt/.safetensors, any supported "
+                        "layout), or an ncnn .param graph followed by its .bin")
+    parser.add_argument("bin", metavar="BIN", nargs="?", default=None, help="the ncnn .bin weights (only after a .param)")
     parser.add_argument("output", metavar="OUT", help="native .safetensors file to write")
     parser.add_argument("--arch", default=None, help="architecture name (default: from metadata or detected)")
     parser.add_argument(
@@ -19,6 +23,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
 
+def _run_ncnn(args: argparse.Namespace, param: Path, bin_path: Path, dst: Path) -> int:
+    from perceptsr.errors import CheckpointError
+    from perceptsr.interop.ncnn import convert_ncnn
+
+    if args.arch is not None or args.key is not None:
+        raise CheckpointError(f"{param}: --arch and --key do not apply to ncnn models (the graph gives the architecture)")
+    model = convert_ncnn(param, bin_path, dst)
+    n_params = sum(v.numel() for v in model.state_dict.values())
+    print(f"input:  {param} + {bin_path} (ncnn graph, {model.weight_dtype} weights, blobs "
+          f"{model.input_blob!r} -> {model.output_blob!r})")
+    print(f"arch:   {model.arch} {model.arch_kwargs} ({n_params:,} parameters)")
+    print(f"check:  max |graph - network| = {model.verify_max_abs_diff:.3g} on a random 8x8 input")
+    if (resize := model.output_resize) is not None:
+        print(f"note:   the graph resizes the network's output ({resize['mode']}, x{resize['scale_h']:g}); the "
+              "converted model is the network without that resize")
+    print(f"wrote:  {dst}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from perceptsr.checkpoint import load_model, save_model
     from perceptsr.errors import CheckpointError
@@ -26,8 +49,12 @@ def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     if dst.exists() and not args.overwrite:
         raise CheckpointError(f"{dst}: already exists (pass --overwrite to replace it)")
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+    if dst.exists() and any(p.exists() and dst.resolve() == p.resolve() for p in (src, Path(args.bin or src))):
         raise CheckpointError(f"{dst}: output must differ from the input")
+    if src.suffix.lower() == ".param" or args.bin is not None:
+        if src.suffix.lower() != ".param" or args.bin is None:
+            raise CheckpointError(f"{src}: an ncnn model is converted as 'convert MODEL.param MODEL.bin OUT'")
+        return _run_ncnn(args, src, Path(args.bin), dst)
     model = load_model(src, arch=args.arch, prefer_ema=args.prefer_ema, key=args.key)
     meta = model.perceptsr_meta
     raw_model = None

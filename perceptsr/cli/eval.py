@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the SR outputs to OUT/images/<dataset>/<entry>/ (the report's crops need them)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--stamp", action="store_true",
+                        help="also write each model's scores into its safetensors metadata (model card, shown by "
+                        "perceptsr info); the models must be safetensors files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,12 +62,26 @@ def run(args: argparse.Namespace) -> int:
     from perceptsr.evaluation import evaluate, write_results
 
     out = Path(args.out)
+    models = [_named(value) for value in args.model]
+    if args.stamp:
+        from perceptsr.cards import read_card
+
+        for _, source in models:
+            if source != "bicubic":
+                read_card(source)  # fail before evaluating: only readable safetensors files take a card
     results = evaluate(
-        [_named(value) for value in args.model], args.datasets, sr_dirs=dict(args.sr_dir), metrics=args.metrics.split(","), protocol=args.protocol,
+        models, args.datasets, sr_dirs=dict(args.sr_dir), metrics=args.metrics.split(","), protocol=args.protocol,
         scale=args.scale, data_root=args.data_root, tile=args.tile, tile_pad=args.tile_pad, device=args.device,
         save_images=out / "images" if args.save_images else None, progress=not args.quiet,
     )
     paths = write_results(results, out)
     print(paths["results.md"].read_text(encoding="utf-8"))
     print(f"results written to {out} ({', '.join(p.name for p in paths.values())})", file=sys.stderr)
+    if args.stamp:
+        from perceptsr.cards import stamp_evaluation
+
+        for entry in results["models"]:
+            if entry["kind"] == "model":
+                stamp_evaluation(entry["source"], results, entry["name"])
+                print(f"scores stamped into {entry['source']}", file=sys.stderr)
     return 0

@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from perceptsr.errors import ConfigError
-    from perceptsr.ranksrgan import RankDataOptions, RankLevel, build_rank_dataset, prepare_level
+    from perceptsr.ranksrgan import RankDataOptions, RankLevel, build_rank_dataset, format_consistency, prepare_level
 
     levels = []
     if args.hr:
@@ -88,4 +88,5 @@ def run(args: argparse.Namespace) -> int:
           f"{f['gap']} past the gap filter, {f['kept']} kept")
     print(f"triplets: {summary['triplets']['train']} train, {summary['triplets']['valid']} valid; "
           f"labels: {summary['label']['metric']} ({summary['label']['transform']}); written to {args.out}")
+    print(format_consistency(summary["consistency"]))
     return 0

@@ -18,7 +18,7 @@ Modules:
   names (population folders, member files, phase logs, network names) that stage B and the demo import;
 - :mod:`~perceptsr.ea_adam.gradients`: the Adam phase's normalised gradient mix;
 - :mod:`~perceptsr.ea_adam.operators`: SBX crossover, Gaussian mutation, :func:`make_child`;
-- :mod:`~perceptsr.ea_adam.selection`: Tchebycheff, MOEA/D and NSGA-II selection;
+- :mod:`~perceptsr.ea_adam.selection`: Tchebycheff, MOEA/D and NSGA-II selection, the hypervolume;
 - :mod:`~perceptsr.ea_adam.fitness`: the fixed patch set, the fitness terms, the evaluator;
 - :mod:`~perceptsr.ea_adam.phase`: one EA phase and its records;
 - :mod:`~perceptsr.ea_adam.objective`: :class:`EAAdamObjective`, both phases in the training loop
@@ -45,6 +45,8 @@ Differences from the released code, all deliberate (see the spec §1.3, §1.5, �
   release's first phase comes after 9 epochs, its later ones after 10), and takes no iterations.
 * Under ``torchrun`` the per-objective gradients are averaged over ranks before normalisation and
   the fitness evaluation is split over ranks (the release is single-GPU).
+* A run's best checkpoint is picked by the population's hypervolume in the (PSNR, plane metric)
+  plane on ``data.val`` up to a fixed reference point, not by individual 0.
 
 State dicts produced here never share storage with their inputs, so population slots can be updated
 in place without aliasing surprises.

@@ -23,6 +23,12 @@ class EAAdamObjectiveConfig(ObjectiveConfig):
     both scored by the loop's own validation (``data.val``, same images, presets and 8-bit
     rounding), so it must be one of ``data.val.metrics`` (a ConfigError at startup otherwise; e.g.
     ``data.val.metrics: [psnr, ssim, lpips]``). Null, or no ``data.val``: no plot.
+
+    The best checkpoint is picked by the population, not by individual 0: the hypervolume of the
+    members in the (PSNR, ``plane_metric``) plane on ``data.val`` up to ``hypervolume_reference``
+    (PSNR dB, metric value; null = the fixed default of ``perceptsr.ea_adam.objective.HV_REFERENCE``:
+    PSNR 0 dB, and LPIPS 1, DISTS 1, SSIM 0), or without a plane metric the members' mean of the
+    first ``data.val`` metric.
     """
 
     type: str = "ea_adam"
@@ -52,7 +58,10 @@ class EAAdamObjectiveConfig(ObjectiveConfig):
     eval_patch_size: int = 128
     eval_max_patches: int = 100  # more patches than this: keep #25..#74, as released
     eval_batch_size: int = 50
+    cache_device: Optional[Literal["cpu"]] = None  # HR VGG feature cache; null = the training device, cpu = host memory
+    fitness_dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: opt-in autocast, ~2x, values to ~1e-2
     plane_metric: Optional[str] = "lpips"  # per-phase PSNR-vs-this plot; must be in data.val.metrics; null = no plot
+    hypervolume_reference: Optional[tuple[float, float]] = None  # (PSNR dB, plane_metric); null = HV_REFERENCE
 
     def __post_init__(self):
         check_field(self.population >= 2, "population", self.population, "must be >= 2")

@@ -3,6 +3,7 @@
 Everything it needs from the run comes through its :class:`~perceptsr.train.context.RunContext`:
 the run folder's files through ``ctx.artifacts`` (rank 0 only), TensorBoard through ``ctx.log``,
 and the perception-distortion plane's scores through ``ctx.validate``, the loop's own validation.
+The run's best checkpoint is chosen by a population-level value (:meth:`EAAdamObjective.summarize_validation`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from perceptsr.ea_adam.population import (
     population_folder,
     preference_vectors,
 )
-from perceptsr.ea_adam.selection import MOEADSelector, NSGA2Selector, Selector
+from perceptsr.ea_adam.selection import MOEADSelector, NSGA2Selector, Selector, hypervolume
 from perceptsr.errors import ConfigError
 from perceptsr.losses.gan import discriminator_loss, generator_loss
 from perceptsr.train.context import RunContext
@@ -49,7 +50,11 @@ from perceptsr.train.networks import build_discriminator, build_generator, build
 from perceptsr.train.objectives import NonFiniteLossError, Objective, register_objective
 from perceptsr.train.optim import build_optimizer, build_scheduler
 
-__all__ = ["EAAdamObjective"]
+__all__ = ["EAAdamObjective", "HV_REFERENCE"]
+
+#: the fixed reference point of the best-checkpoint hypervolume, per plane coordinate: PSNR 0 dB and
+#: the worst value of the bounded perceptual metrics (``objective.hypervolume_reference`` overrides)
+HV_REFERENCE: dict[str, float] = {"psnr": 0.0, "lpips": 1.0, "dists": 1.0, "ssim": 0.0}
 
 
 @register_objective("ea_adam")
@@ -72,6 +77,11 @@ class EAAdamObjective(Objective):
     ``ea/plane``), scored by the loop's validation. The last iteration exports ``population/final``.
     With several processes, gradients are averaged over ranks before normalisation and fitness
     evaluation is split over ranks.
+
+    The best checkpoint: :meth:`summarize_validation` puts ``val/hypervolume`` (the members in the
+    (PSNR, ``plane_metric``) plane up to the fixed reference point, :data:`HV_REFERENCE` or
+    ``objective.hypervolume_reference``) first, or ``val/mean_<metric>`` (the members' mean of the
+    first validation metric) without a plane metric; :attr:`best_metric` names it.
     """
 
     def __init__(self, generator: nn.Module, cfg: TrainConfig, ctx: RunContext):
@@ -82,6 +92,7 @@ class EAAdamObjective(Objective):
             raise ConfigError("config key 'train.ema_decay': EA-Adam needs 0 (the EA phase replaces individuals "
                               "wholesale, so an EMA of individual 0 would mix unrelated models)")
         self.plane_metric = _plane_metric(cfg)
+        self.best_metric, self.hv_reference = _best_criterion(cfg, self.plane_metric)
         n = opts.population
         self.n = n
         self.weights = preference_vectors(n)
@@ -140,6 +151,24 @@ class EAAdamObjective(Objective):
 
     def validation_models(self, default: nn.Module) -> dict[str, nn.Module]:
         return {f"ind{i}": g for i, g in enumerate(self.individuals)}
+
+    def summarize_validation(self, metrics: dict[str, float]) -> dict[str, float]:
+        """``metrics`` (``val/ind<i>/<metric>``) with the population's value first (see the class docstring)."""
+        name, _ = self.best_metric
+        if self.hv_reference is None:
+            first = self.cfg.data.val.metrics[0]
+            value = sum(metrics[f"val/ind{i}/{first}"] for i in range(self.n)) / self.n
+        else:
+            points = [self._minimised(metrics[f"val/ind{i}/psnr"], metrics[f"val/ind{i}/{self.plane_metric}"])
+                      for i in range(self.n)]
+            value = hypervolume(points, self._minimised(*self.hv_reference))
+        return {f"val/{name}": value, **metrics}
+
+    def _minimised(self, psnr: float, metric: float) -> list[float]:
+        """A plane point as a minimised pair: (-PSNR, the plane metric, negated when higher is better)."""
+        from perceptsr.metrics import metric_class
+
+        return [-psnr, metric if metric_class(self.plane_metric).lower_better else -metric]
 
     def extra_state(self) -> dict:
         return {"phases_done": self.phases_done, "fitness": self.fitness, "ideal": self.ideal, "nadir": self.nadir,
@@ -229,7 +258,8 @@ class EAAdamObjective(Objective):
             eval_set = build_eval_set(hr_dir, lr_dir, scale=self.cfg.scale, patch_size=o.eval_patch_size,
                                       num_images=o.eval_images, max_patches=o.eval_max_patches)
             self._evaluator = FitnessEvaluator(eval_set, [self._fitness_term(f) for f in o.fitness],
-                                               batch_size=o.eval_batch_size, device=self.runtime.device)
+                                               batch_size=o.eval_batch_size, device=self.runtime.device,
+                                               cache_device=o.cache_device, dtype=o.fitness_dtype)
         return self._evaluator
 
     def run_phase(self, iteration: int) -> dict[str, float]:
@@ -349,6 +379,26 @@ def _plane_metric(cfg: TrainConfig) -> str | None:
             f"(now {list(cfg.data.val.metrics)}) or set objective.plane_metric: null (no plane plot)"
         )
     return name
+
+
+def _best_criterion(cfg: TrainConfig, plane_metric: str | None) -> tuple[tuple[str, bool], tuple[float, float] | None]:
+    """``(best_metric, hypervolume reference)``: the hypervolume in the (PSNR, plane metric) plane, or
+    without a plane metric the members' mean of the first validation metric (reference None)."""
+    from perceptsr.metrics import metric_class
+
+    if cfg.data.val is None:  # no validation: nothing to pick by
+        return ("hypervolume", True), None
+    if plane_metric is None:
+        first = cfg.data.val.metrics[0]
+        return (f"mean_{first}", not metric_class(first).lower_better), None
+    reference = cfg.objective.hypervolume_reference
+    if reference is None:
+        if plane_metric not in HV_REFERENCE:
+            raise ConfigError(f"config key 'objective.hypervolume_reference': no default reference point for "
+                              f"plane_metric {plane_metric!r} (defaults exist for {sorted(HV_REFERENCE)}); give "
+                              "[PSNR dB, metric value], a point every useful member beats")
+        reference = (HV_REFERENCE["psnr"], HV_REFERENCE[plane_metric])
+    return ("hypervolume", True), (float(reference[0]), float(reference[1]))
 
 
 def _plane_figure(plane: Mapping[str, Any], title: str):

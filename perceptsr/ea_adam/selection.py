@@ -3,7 +3,9 @@
 - :func:`tchebycheff`: the normalised Tchebycheff scalarisation;
 - :class:`MOEADSelector`: steady-state MOEA/D neighbourhood replacement (the released EA);
 - :class:`NSGA2Selector`: generational NSGA-II (:func:`non_dominated_sort`, :func:`crowding_distance`),
-  shipped but unused by the released code.
+  shipped but unused by the released code;
+- :func:`hypervolume`: the area a 2-objective population dominates up to a reference point (the
+  population-level score that picks a run's best checkpoint).
 
 Both selectors implement :class:`Selector`, which :func:`~perceptsr.ea_adam.phase.run_ea_phase` drives.
 """
@@ -23,6 +25,7 @@ __all__ = [
     "tchebycheff",
     "non_dominated_sort",
     "crowding_distance",
+    "hypervolume",
     "Selector",
     "MOEADSelector",
     "NSGA2Selector",
@@ -89,6 +92,25 @@ def crowding_distance(fitness: torch.Tensor | Sequence) -> torch.Tensor:
         if span > 0:
             dist[order[1:-1]] += (col[2:] - col[:-2]) / span
     return dist
+
+
+def hypervolume(fitness: torch.Tensor | Sequence, reference: torch.Tensor | Sequence) -> float:
+    """Area of the 2-objective region (minimisation) dominated by the points ``(K, 2)`` and bounded by
+    ``reference``; points not strictly better than the reference in both objectives add nothing.
+
+    Sweep in increasing first objective: each point adds ``(r_0 - f_0) * (best f_1 so far - f_1)``.
+    """
+    f, r = _f64(fitness), _f64(reference).reshape(-1)
+    if f.ndim != 2 or f.shape[1] != 2 or r.numel() != 2:
+        raise ValueError(f"hypervolume: expected (K, 2) points and 2 reference values, got {tuple(f.shape)} "
+                         f"and {r.numel()}")
+    f = f[(f < r).all(dim=1)]
+    area, best = 0.0, float(r[1])
+    for f0, f1 in sorted(f.tolist()):
+        if f1 < best:
+            area += (float(r[0]) - f0) * (best - f1)
+            best = f1
+    return area
 
 
 class Selector(ABC):

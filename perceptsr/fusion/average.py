@@ -1,9 +1,10 @@
-"""EA-Adam stage C, first half: the per-layer fusion weights averaged over LR images (spec
-``shared/specs/eaadam.md`` §4.2; the release's ``train_cal_weight.py``).
+"""EA-Adam stage C on LR images: the per-layer fusion weights averaged over them (spec
+``shared/specs/eaadam.md`` §4.2; the release's ``train_cal_weight.py``), and what collapsing costs.
 
 :func:`average_fusion_weights` runs the dynamic net on LR images (centre half crop, as released) and
 averages the per-image weight vectors per layer; :func:`perceptsr.fusion.collapse` then mixes them
-into one plain network.
+into one plain network. That network is not the trained stage-B network (one weight vector for all
+images instead of one per image): :func:`output_gap` measures how far their outputs are apart.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from perceptsr.checkpoint.keys import listing
 from perceptsr.errors import ConfigError
 from perceptsr.fusion.network import DynamicNetwork
 
-__all__ = ["center_crop_half", "average_fusion_weights"]
+__all__ = ["center_crop_half", "average_fusion_weights", "output_gap", "GAP_PSNR_CAP"]
+
+#: PSNR of the gap when the two outputs are identical (per-image MSE floored at 1e-20)
+GAP_PSNR_CAP = 200.0
 
 
 def center_crop_half(x: torch.Tensor) -> torch.Tensor:
@@ -106,6 +110,15 @@ def _cropped_batches(source: Any, crop: bool, max_images: int | None) -> Iterato
         yield batch
 
 
+def _check_inputs(dynamic_net: Any, max_images: int | None) -> DynamicNetwork:
+    dynamic_net = unwrap_module(dynamic_net)
+    if not isinstance(dynamic_net, DynamicNetwork):
+        raise ConfigError(f"expected a DynamicNetwork, got {type(dynamic_net).__name__}")
+    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+        raise ConfigError(f"max_images must be a positive int or None, got {max_images!r}")
+    return dynamic_net
+
+
 def average_fusion_weights(
     dynamic_net: DynamicNetwork,
     lr_images_or_loader: Any,
@@ -125,11 +138,7 @@ def average_fusion_weights(
     eval mode without gradients, with its regressors (any fixed weights are set aside meanwhile).
     Returns ``{layer: float64 tensor (K,)}`` on the CPU; batching changes it only by float rounding.
     """
-    dynamic_net = unwrap_module(dynamic_net)
-    if not isinstance(dynamic_net, DynamicNetwork):
-        raise ConfigError(f"average_fusion_weights needs a DynamicNetwork, got {type(dynamic_net).__name__}")
-    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
-        raise ConfigError(f"max_images must be a positive int or None, got {max_images!r}")
+    dynamic_net = _check_inputs(dynamic_net, max_images)
     if device is None:
         device = next(dynamic_net.parameters()).device
     sums: dict[str, torch.Tensor] = {n: torch.zeros(dynamic_net.num_experts, dtype=torch.float64)
@@ -162,3 +171,47 @@ def average_fusion_weights(
     if count == 0:
         raise ConfigError("average_fusion_weights: no images were given")
     return {n: s / count for n, s in sums.items()}
+
+
+def output_gap(
+    dynamic_net: DynamicNetwork,
+    collapsed: torch.nn.Module,
+    lr_images_or_loader: Any,
+    *,
+    center_crop_half: bool = True,
+    max_images: int | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """How far the collapsed model's outputs are from the dynamic network's (per-image weights from
+    its regressors) on the same LR images (any input :func:`average_fusion_weights` takes, cropped
+    the same way). Both outputs are clamped to [0, 1], as ``perceptsr upscale`` writes them, and
+    compared on RGB without rounding or border crop.
+
+    Returns ``{"images", "max_abs", "mean_abs", "psnr"}``: the largest and the mean absolute
+    difference over all pixels, and the mean over images of the PSNR (data range 1) of the
+    collapsed output against the dynamic one, capped at :data:`GAP_PSNR_CAP` dB.
+    """
+    dynamic_net = _check_inputs(dynamic_net, max_images)
+    if device is None:
+        device = next(dynamic_net.parameters()).device
+    count, numel, abs_sum, max_abs, psnr_sum = 0, 0, 0.0, 0.0, 0.0
+    was_training = (dynamic_net.training, collapsed.training)
+    dynamic_net.eval()
+    collapsed.eval()
+    try:
+        with dynamic_net.using_weights(None), torch.no_grad():
+            for batch in _cropped_batches(lr_images_or_loader, center_crop_half, max_images):
+                batch = batch.to(device=device, dtype=torch.float32)
+                diff = (collapsed(batch).clamp(0, 1) - dynamic_net(batch).clamp(0, 1)).double()
+                mse = diff.pow(2).flatten(1).mean(1).clamp_min(10 ** (-GAP_PSNR_CAP / 10))
+                psnr_sum += float((-10 * mse.log10()).sum())
+                abs_sum += float(diff.abs().sum())
+                max_abs = max(max_abs, float(diff.abs().max()))
+                numel += diff.numel()
+                count += batch.shape[0]
+    finally:
+        dynamic_net.train(was_training[0])
+        collapsed.train(was_training[1])
+    if count == 0:
+        raise ConfigError("output_gap: no images were given")
+    return {"images": count, "max_abs": max_abs, "mean_abs": abs_sum / numel, "psnr": psnr_sum / count}

@@ -116,16 +116,23 @@ def save_fused_model(
     *,
     expert_files: Sequence[str | os.PathLike | None] | None = None,
     num_images: int | None = None,
+    static_policy: str = "error",
+    output_gap: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write the collapsed model as a native checkpoint and ``fusion_weights.json`` beside it.
 
     ``arch``/``arch_kwargs`` default to ``model.perceptsr_meta`` (set by :func:`collapse` when the
     dynamic net came from files). The JSON holds ``layers`` (layer -> K floats, expert order),
-    ``experts`` (source files in expert order, when known), ``arch``, ``arch_kwargs`` and
-    ``checkpoint`` (the file name); the checkpoint's ``extra["fusion"]`` holds the same record.
-    Returns ``(checkpoint_path, json_path)``. Note: one JSON per folder (the fixed name).
+    ``experts`` (source files in expert order, when known), ``arch``, ``arch_kwargs``,
+    ``checkpoint`` (the file name), ``tradeoff_t`` (the fused model's own ``--tradeoff`` value, its
+    mean expert position / (K - 1)), ``static_policy`` (how differing tensors outside the dynamic
+    layers were mixed) and ``output_gap`` (dynamic network against the collapsed model, when
+    measured: :func:`perceptsr.fusion.output_gap`); the checkpoint's ``extra["fusion"]`` holds the
+    same record. Returns ``(checkpoint_path, json_path)``. Note: one JSON per folder (the fixed name).
     """
+    from perceptsr.fusion.tradeoff import fused_tradeoff
+
     from perceptsr.checkpoint import atomic_write, save_model
 
     path = Path(path)
@@ -153,6 +160,9 @@ def save_fused_model(
         "expert_order": "expert j is the j-th expert given to the dynamic network (sorted by individual index)",
         "experts": experts,
         "num_images": num_images,
+        "tradeoff_t": fused_tradeoff(layers) if layers else None,
+        "static_policy": static_policy,
+        "output_gap": None if output_gap is None else dict(output_gap),
         "layers": layers,
     }
     ckpt = save_model(path, model, arch=arch, arch_kwargs=arch_kwargs,

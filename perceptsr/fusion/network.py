@@ -11,6 +11,11 @@ call order (the release pairs them by position).
 :func:`collapse` mixes each layer's weight and bias with its averaged vector,
 ``θ_l = Σ_j w̄_{l,j} θ_l^{(j)}`` (in float64), into a plain backbone.
 
+Floating tensors outside the dynamic layers that differ between experts are mixed once, with the
+fixed K-vector of the ``static_policy`` (:data:`~perceptsr.fusion.plan.STATIC_POLICIES`; ``error``
+refuses them), in stage B and in stage C alike, so the collapsed model keeps the tensors the
+regressors were trained with. Differing non-floating tensors (counters) come from expert 0.
+
 State-dict keys follow the release (``<layer>.weight``, ``<layer>.bias``, ``<layer>.fusion.*``), so
 released stage-B checkpoints load with :func:`load_attention` and their stacked experts are checked
 against ours.
@@ -37,12 +42,30 @@ from perceptsr.fusion.layers import (
     DYNAMIC_CLASSES, LAYER_TYPES, AttentionConfig, BatchContext, DynamicLayer, as_vector, default_attention_config,
 )
 from perceptsr.fusion.plan import (
-    ExpertLike, StateDict, layer_key, make_template, plan_layers, read_experts, replace_modules,
+    ExpertLike, StateDict, layer_key, make_template, plan_layers, read_experts, replace_modules, static_vector,
 )
 
-__all__ = ["DynamicNetwork", "WeightsLike", "load_attention", "fuse_state_dicts", "collapse"]
+__all__ = ["DynamicNetwork", "WeightsLike", "StaticLike", "load_attention", "fuse_state_dicts", "collapse"]
 
 WeightsLike = Union[Mapping[str, Any], torch.Tensor, Sequence[float]]
+#: a static policy name, or the K weights to mix differing static tensors with
+StaticLike = Union[str, torch.Tensor, Sequence[float]]
+
+
+def _static_weights(static: StaticLike, k: int) -> torch.Tensor | None:
+    """The K-vector for differing static tensors (None: they are an error)."""
+    if isinstance(static, str):
+        return static_vector(static, k)
+    return as_vector(static, k, "static weights")
+
+
+def _mixed_static(sds: Sequence[StateDict], keys: Sequence[str], vec: torch.Tensor | None) -> StateDict:
+    """The differing static tensors ``keys`` mixed with ``vec`` (non-floating ones: expert 0's)."""
+    out = {}
+    for key in keys:
+        first = sds[0][key]
+        out[key] = _mix_tensor(torch.stack([sd[key] for sd in sds]), vec) if first.is_floating_point() else first
+    return out
 
 
 class DynamicNetwork(nn.Module):
@@ -57,8 +80,10 @@ class DynamicNetwork(nn.Module):
       with :func:`sort_expert_files`, and use the same order in stages B and C);
     * ``attention``: an :class:`AttentionConfig` (default :func:`default_attention_config`) or a
       factory ``(layer_name, layer) -> module`` returning ``(N, K)`` weights;
-    * ``layer_types``: which of ``"conv2d"``, ``"linear"``, ``"layernorm"`` become dynamic. Every
-      other tensor must be equal across experts (a CheckpointError names those that differ);
+    * ``layer_types``: which of ``"conv2d"``, ``"linear"``, ``"layernorm"`` become dynamic;
+    * ``static_policy``: what every other tensor that differs between experts becomes:
+      ``"error"`` (a CheckpointError names them), ``"average"`` (mean of the experts) or ``"first"``
+      (expert 0's); see :data:`~perceptsr.fusion.plan.STATIC_POLICIES`;
     * ``seed``: seeds the regressors' initialisation (global RNG untouched).
 
     ``forward`` runs the backbone. Expert stacks are frozen parameters (``requires_grad=False``;
@@ -72,13 +97,17 @@ class DynamicNetwork(nn.Module):
         *,
         attention: AttentionConfig | Callable[[str, nn.Module], nn.Module] | None = None,
         layer_types: Iterable[str] = LAYER_TYPES,
+        static_policy: str = "error",
         seed: int | None = None,
     ) -> None:
         super().__init__()
         plain = make_template(template)
         sds, sources = read_experts(expert_state_dicts)
-        plan = plan_layers(plain, sds, sources, layer_types)
-        plain.load_state_dict(sds[0], strict=True)
+        static = static_vector(static_policy, len(sds))
+        plan = plan_layers(plain, sds, sources, layer_types, strict_static=static is None)
+        plain.load_state_dict({**sds[0], **_mixed_static(sds, plan.static, static)}, strict=True)
+        self.static_policy = static_policy
+        self.static_keys: list[str] = list(plan.static)  # differing tensors outside the layers, mixed by the policy
         # a pristine plain copy (expert 0 everywhere) for collapse; kept out of the module tree
         self.__dict__["_template"] = copy.deepcopy(plain)
         if attention is None:
@@ -319,16 +348,18 @@ def _mix_tensor(stack: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def fuse_state_dicts(
     template: nn.Module | Callable[[], nn.Module], expert_state_dicts: Sequence[ExpertLike], weights: WeightsLike,
-    *, layer_types: Iterable[str] = LAYER_TYPES,
+    *, layer_types: Iterable[str] = LAYER_TYPES, static: StaticLike = "error",
 ) -> StateDict:
-    """The collapsed state dict: each dynamic layer's weight/bias mixed with its K-vector (float64),
-    every other tensor from expert 0 (checked equal across experts)."""
+    """The collapsed state dict: each dynamic layer's weight/bias mixed with its K-vector (float64);
+    every other tensor from expert 0, except those that differ between experts, which ``static``
+    (a static policy name or K weights) mixes."""
     plain = make_template(template)
     sds, sources = read_experts(expert_state_dicts)
-    plan = plan_layers(plain, sds, sources, layer_types)
+    static_w = _static_weights(static, len(sds))
+    plan = plan_layers(plain, sds, sources, layer_types, strict_static=static_w is None)
     w = _normalise_weights(weights, list(plan.layers), len(sds))
     _warn_not_convex(w)
-    out = dict(sds[0])
+    out = {**sds[0], **_mixed_static(sds, plan.static, static_w)}
     for name, (_, layer) in plan.layers.items():
         for p in ("weight", "bias"):
             if getattr(layer, p, None) is None:
@@ -351,11 +382,13 @@ def collapse(
     weights: WeightsLike,
     *,
     layer_types: Iterable[str] = LAYER_TYPES,
+    static: StaticLike = "error",
 ) -> nn.Module:
     """Stage C: one plain backbone with ``θ_l = Σ_j w_{l,j} θ_l^{(j)}`` per dynamic layer (weight and bias).
 
-    ``source`` is a :class:`DynamicNetwork` or ``(template, expert_state_dicts)`` (no regressors are
-    built then; ``layer_types`` applies to this form only). ``weights``: ``{layer: K-vector}`` for
+    ``source`` is a :class:`DynamicNetwork` (differing static tensors as its ``static_policy`` made
+    them) or ``(template, expert_state_dicts)`` (no regressors are built then; ``layer_types`` and
+    ``static`` apply to this form only). ``weights``: ``{layer: K-vector}`` for
     every dynamic layer, or one K-vector for all. The model comes back in eval mode on the device
     of the experts; ``perceptsr_meta`` carries arch/arch_kwargs/scale when known.
     """
@@ -376,7 +409,7 @@ def collapse(
     elif isinstance(source, tuple) and len(source) == 2:
         template, experts = source
         plain = make_template(template)
-        sd = fuse_state_dicts(plain, experts, weights, layer_types=layer_types)
+        sd = fuse_state_dicts(plain, experts, weights, layer_types=layer_types, static=static)
         device = next(iter(sd.values())).device
         meta = dict(getattr(template, "perceptsr_meta", {}) or {})
     else:

@@ -48,8 +48,8 @@ class FusionObjective(GANObjective):
             raise ConfigError("config key 'model.pretrained': not used by the fusion objective (the experts come "
                               "from objective.experts); remove it")
         att = attention_for(cfg)
-        net = DynamicNetwork.from_files(o.experts, attention=att, seed=cfg.seed if o.attention_seed is None
-                                        else o.attention_seed)
+        net = DynamicNetwork.from_files(o.experts, attention=att, static_policy=o.static_policy,
+                                        seed=cfg.seed if o.attention_seed is None else o.attention_seed)
         want = get_arch(cfg.model.arch).name
         clash = {k: (v, net.arch_kwargs.get(k)) for k, v in cfg.model.kwargs.items() if net.arch_kwargs.get(k, v) != v}
         if net.arch != want or clash:
@@ -59,5 +59,6 @@ class FusionObjective(GANObjective):
         if scale is not None and scale != cfg.scale:
             raise ConfigError(f"config key 'scale' ({cfg.scale}) differs from the experts' scale {scale}")
         kwargs = {"backbone": net.arch, "backbone_kwargs": net.arch_kwargs, "experts": net.expert_sources,
-                  "num_experts": net.num_experts, "attention": dataclasses.asdict(att)}
+                  "num_experts": net.num_experts, "attention": dataclasses.asdict(att),
+                  "static_policy": net.static_policy, "static_keys": net.static_keys}
         return net, FUSION_ARCH, kwargs

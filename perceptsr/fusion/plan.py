@@ -1,9 +1,12 @@
 """Planning a dynamic network: which layers of a backbone become dynamic, and the strict checks
 that K experts fit the backbone and agree outside those layers (spec ``shared/specs/eaadam.md`` §3).
 
-Layers are found by walking the module tree, so one implementation serves every backbone. Parameters
-outside dynamic layers must be equal across experts (an error names the keys); the release silently
-keeps expert K-1's (e.g. SwinIR's relative-position tables).
+Layers are found by walking the module tree, so one implementation serves every backbone. Tensors
+outside dynamic layers that differ between experts (e.g. SwinIR's ``relative_position_bias_table``,
+trained by Adam in stage A but never touched by SBX or mutation) follow an explicit *static policy*
+(:data:`STATIC_POLICIES`): ``error`` (the default: a CheckpointError names the keys), ``average``
+(the mean of the K experts) or ``first`` (expert 0's, i.e. the PSNR model's). The release silently
+keeps expert K-1's.
 """
 
 from __future__ import annotations
@@ -21,11 +24,28 @@ from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.checkpoint.keys import key_report, listing
 from perceptsr.fusion.layers import DYNAMIC_CLASSES, LAYER_TYPES
 
-__all__ = ["StateDict", "ExpertLike", "Plan", "plan_layers", "make_template", "read_experts", "replace_modules",
-           "layer_key"]
+__all__ = ["StateDict", "ExpertLike", "Plan", "STATIC_POLICIES", "static_vector", "plan_layers", "make_template",
+           "read_experts", "replace_modules", "layer_key"]
 
 StateDict = dict[str, torch.Tensor]
 ExpertLike = Union[Mapping[str, torch.Tensor], nn.Module, str, os.PathLike]
+
+#: what happens to tensors outside the dynamic layers that differ between experts
+STATIC_POLICIES = ("error", "average", "first")
+
+
+def static_vector(policy: str, k: int) -> torch.Tensor | None:
+    """The K mixing weights (float64) that ``policy`` gives differing static tensors: uniform for
+    ``average``, one-hot on expert 0 for ``first``, None for ``error``."""
+    if policy not in STATIC_POLICIES:
+        raise ConfigError(f"static_policy: {policy!r} is not one of {list(STATIC_POLICIES)}")
+    if policy == "error":
+        return None
+    if policy == "average":
+        return torch.full((k,), 1.0 / k, dtype=torch.float64)
+    vec = torch.zeros(k, dtype=torch.float64)
+    vec[0] = 1.0
+    return vec
 
 
 def _resolve_types(layer_types: Iterable[str]) -> tuple[str, ...]:
@@ -55,6 +75,7 @@ class Plan:
 
     layers: dict[str, tuple[str, nn.Module]]  # primary name -> (kind, module)
     aliases: dict[str, list[str]]  # primary name -> every name of that module (shared modules)
+    static: list[str] = dataclasses.field(default_factory=list)  # keys outside the layers that differ
 
 
 def make_template(template: nn.Module | Callable[[], nn.Module]) -> nn.Module:
@@ -104,9 +125,11 @@ def _check_expert_keys(expected: Mapping[str, torch.Tensor], sds: Sequence[State
             raise CheckpointError(report)
 
 
-def plan_layers(template: nn.Module, sds: Sequence[StateDict], sources, layer_types: Iterable[str]) -> Plan:
+def plan_layers(template: nn.Module, sds: Sequence[StateDict], sources, layer_types: Iterable[str],
+                strict_static: bool = True) -> Plan:
     """The layers of ``template`` that become dynamic, after checking that every expert fits it
-    strictly and that the experts agree outside those layers."""
+    strictly. Keys outside those layers that differ between experts are listed in ``Plan.static``;
+    with ``strict_static`` (static policy ``error``) they raise a CheckpointError instead."""
     types = _resolve_types(layer_types)
     expected = template.state_dict()
     _check_expert_keys(expected, sds, sources, template)
@@ -138,14 +161,15 @@ def plan_layers(template: nn.Module, sds: Sequence[StateDict], sources, layer_ty
         raise ConfigError(f"{type(template).__name__} has no layer of the types {list(types)}: nothing to fuse")
     differ = [k for k in expected if k not in dynamic_keys
               and any(not torch.equal(sds[0][k].cpu(), sd[k].cpu()) for sd in sds[1:])]
-    if differ:
+    if differ and strict_static:
         raise CheckpointError(
             f"the experts differ in {len(differ)} tensor(s) outside the dynamic layers ({'/'.join(types)}), which "
-            f"fusion cannot mix: {listing(differ)}. Only weights and biases of "
+            f"fusion cannot mix per image: {listing(differ)}. Only weights and biases of "
             f"{', '.join('nn.' + DYNAMIC_CLASSES[t][0].__name__ for t in LAYER_TYPES)} layers are mixed "
-            "(layer_types selects them); every other tensor must be identical across experts."
+            "(layer_types selects them); choose what the others become with static_policy: average (mean of "
+            "the experts) or first (expert 0's) (config key 'objective.static_policy' in a fusion run)."
         )
-    return Plan(layers, aliases)
+    return Plan(layers, aliases, differ)
 
 
 def replace_modules(root: nn.Module, mapping: Mapping[int, nn.Module]) -> nn.Module:

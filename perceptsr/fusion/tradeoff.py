@@ -1,10 +1,19 @@
-"""The perception-distortion trade-off at inference: a plain model at ``t`` in [0, 1] (0 = most
-faithful member, 1 = most perceptual), spec ``shared/specs/eaadam.md`` §9.
+"""The perception-distortion trade-off at inference (``perceptsr upscale --tradeoff t``; a perceptsr
+extension, the release has no such control), spec ``shared/specs/eaadam.md`` §9.
 
-:func:`interpolate_population` walks piecewise-linearly through the population ordered from most
-faithful to most perceptual; :func:`interpolate_fusion_weights` is a per-layer path through the
-fused weights between members 0 and K-1; :func:`build_tradeoff_model` makes either from files and
-:func:`load_tradeoff_model` picks one for ``perceptsr upscale --tradeoff``.
+One calibrated meaning on both paths: ``t`` in [0, 1] is the perceptual preference, and the model
+at ``t`` sits at **expert position** ``t * (K - 1)``, where member i of K has preference
+``i / (K - 1)`` and a fused weight vector ``w`` sits at ``Σ_j j w_j`` (averaged over layers:
+:func:`expert_position`).
+
+* :func:`interpolate_population` walks piecewise-linearly through the population ordered from most
+  faithful to most perceptual: at ``t`` it lies between members ``i`` and ``i + 1`` with
+  ``i + a = t (K - 1)``.
+* :func:`interpolate_fusion_weights` moves every layer's fused weights by one common coefficient
+  toward expert 0 (one-hot) or toward expert K-1 until the mean expert position is ``t (K - 1)``.
+  The fused model itself sits at its own position, ``t = fused_tradeoff(w̄)``.
+
+:func:`build_tradeoff_model` makes either from files and :func:`load_tradeoff_model` picks one.
 """
 
 from __future__ import annotations
@@ -24,9 +33,13 @@ from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.fusion.files import FUSION_WEIGHTS_FILE, load_fusion_weights, member_files
 from perceptsr.fusion.layers import as_vector
 from perceptsr.fusion.network import WeightsLike, fuse_state_dicts
-from perceptsr.fusion.plan import StateDict
+from perceptsr.fusion.plan import StateDict, static_vector
 
-__all__ = ["interpolate_population", "interpolate_fusion_weights", "build_tradeoff_model", "load_tradeoff_model"]
+__all__ = ["expert_position", "fused_tradeoff", "interpolate_population", "interpolate_fusion_weights",
+           "build_tradeoff_model", "load_tradeoff_model"]
+
+#: ``t`` this close (in expert positions) to the fused model's own position gives the fused weights exactly
+_SNAP = 1e-9
 
 
 def _check_t(t: float) -> float:
@@ -78,37 +91,81 @@ def interpolate_population(state_dicts: Sequence[Mapping[str, torch.Tensor]], t:
     return _lerp_state_dicts(sds[i], sds[i + 1], a, (f"member {i}", f"member {i + 1}"))
 
 
-def interpolate_fusion_weights(weights: WeightsLike, t: float, *, center: float = 0.5,
-                               num_experts: int | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
-    """A per-layer path through the fused weights: ``t = 0`` is expert 0 (one-hot), ``t = center``
-    the given (averaged) weights w̄, ``t = 1`` expert K-1; linear in between on each side.
+def _vector(vec: Any, k: int | None, what: str) -> torch.Tensor:
+    v = torch.as_tensor(vec, dtype=torch.float64).reshape(-1)
+    return as_vector(v, k or v.numel(), what)
 
-    Why this path: the fused model is the method's chosen balance point, so the control should pass
-    through it exactly and reach the two extreme members at the ends; blending toward one-hot
-    vectors keeps every layer a convex combination of the experts, i.e. a model of the same family
-    that :func:`collapse` turns into a plain network. ``weights`` is ``{layer: K-vector}`` or one
+
+def _vectors(weights: WeightsLike, k: int | None) -> dict[str, torch.Tensor] | torch.Tensor:
+    if isinstance(weights, Mapping):
+        if not weights:
+            raise ConfigError("fusion weights: no layers given")
+        return {n: _vector(v, k, f"fusion weights of layer {n!r}") for n, v in weights.items()}
+    return _vector(weights, k, "fusion weights")
+
+
+def _count(vecs: dict[str, torch.Tensor] | torch.Tensor) -> int:
+    return next(iter(vecs.values())).numel() if isinstance(vecs, dict) else vecs.numel()
+
+
+def expert_position(weights: WeightsLike) -> float:
+    """The mean expert index ``Σ_j j w_j`` of a K-vector, or its mean over layers for
+    ``{layer: K-vector}``: 0 is expert 0, K-1 the most perceptual expert (member i of a population
+    is at i)."""
+    vecs = _vectors(weights, None)
+    stack = torch.stack(list(vecs.values())) if isinstance(vecs, dict) else vecs[None]
+    index = torch.arange(stack.shape[1], dtype=torch.float64)
+    return float((stack @ index).mean())
+
+
+def fused_tradeoff(weights: WeightsLike) -> float:
+    """The ``t`` at which :func:`interpolate_fusion_weights` returns ``weights`` themselves:
+    their expert position / (K - 1)."""
+    vecs = _vectors(weights, None)
+    k = _count(vecs)
+    return expert_position(vecs) / (k - 1) if k > 1 else 0.0
+
+
+def _path(t: float, k: int, center: float) -> tuple[int, float]:
+    """``(target expert, a)``: ``lerp(w, one_hot(target), a)`` is at position ``t (K - 1)`` when ``w``
+    is at ``center`` (expert positions are linear in the weights)."""
+    p = t * (k - 1)
+    if abs(p - center) <= _SNAP or k == 1:
+        return 0, 0.0
+    if p < center:
+        return 0, 1.0 - p / center
+    return k - 1, (p - center) / (k - 1 - center)
+
+
+def interpolate_fusion_weights(weights: WeightsLike, t: float, *,
+                               num_experts: int | None = None) -> dict[str, torch.Tensor] | torch.Tensor:
+    """The fused weights moved to perceptual preference ``t``: every layer ``lerp(w̄_l, e, a)`` with one
+    common ``a``, toward ``e`` = expert 0 (one-hot) when ``t`` is below the fused model's own
+    :func:`fused_tradeoff`, toward expert K-1 above it, so that :func:`expert_position` is exactly
+    ``t (K - 1)``, as for :func:`interpolate_population`. ``t = 0`` / ``1`` are experts 0 / K-1 and
+    ``t = fused_tradeoff(w̄)`` is w̄ itself.
+
+    Every layer stays a convex combination of the experts (a model of the same family that
+    :func:`collapse` turns into a plain network). ``weights`` is ``{layer: K-vector}`` or one
     K-vector (the result has the same form).
     """
     t = _check_t(t)
-    center = float(center)
-    if not 0.0 < center < 1.0:
-        raise ConfigError(f"interpolate_fusion_weights: center must be in (0, 1), got {center}")
+    vecs = _vectors(weights, num_experts)
+    target, a = _path(t, _count(vecs), expert_position(vecs))
+    return _move(vecs, target, a)
 
-    def move(vec: Any, what: str) -> torch.Tensor:
-        v = torch.as_tensor(vec, dtype=torch.float64).reshape(-1)
-        k = num_experts or v.numel()
-        v = as_vector(v, k, what)
-        if t <= center:
-            target, a = torch.zeros(k, dtype=torch.float64), 1.0 - t / center
-            target[0] = 1.0
-        else:
-            target, a = torch.zeros(k, dtype=torch.float64), (t - center) / (1.0 - center)
-            target[-1] = 1.0
-        return torch.lerp(v, target, a)
 
-    if isinstance(weights, Mapping):
-        return {n: move(v, f"fusion weights of layer {n!r}") for n, v in weights.items()}
-    return move(weights, "fusion weights")
+def _move(vecs: dict[str, torch.Tensor] | torch.Tensor, target: int, a: float):
+    """Each vector ``lerp``-ed by ``a`` toward the one-hot vector of expert ``target`` (same form)."""
+
+    def one(v: torch.Tensor) -> torch.Tensor:
+        if a == 0.0:
+            return v.clone()
+        end = torch.zeros_like(v)
+        end[target] = 1.0
+        return torch.lerp(v, end, a)
+
+    return {n: one(v) for n, v in vecs.items()} if isinstance(vecs, dict) else one(vecs)
 
 
 def build_tradeoff_model(
@@ -116,20 +173,23 @@ def build_tradeoff_model(
     t: float,
     *,
     fusion_weights: Mapping[str, Any] | str | os.PathLike | None = None,
-    center: float = 0.5,
+    static_policy: str | None = None,
     sort: bool = True,
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """A plain generator at trade-off ``t`` (0 = most faithful member, 1 = most perceptual).
+    """A plain generator at perceptual preference ``t`` (expert position ``t (K - 1)``).
 
     Members are native or legacy checkpoints (a folder, or files), sorted by individual index
     unless ``sort=False``. Without ``fusion_weights`` the result is :func:`interpolate_population`
     (only the two neighbouring members are read). With ``fusion_weights`` (a dict or a
     ``fusion_weights.json`` path/folder) all members are read and the result is
-    ``collapse(members, interpolate_fusion_weights(w̄, t, center=center))``: at ``t = center`` it is
-    the fused model. ``perceptsr_meta["tradeoff"]`` records how the model was made.
+    ``collapse(members, interpolate_fusion_weights(w̄, t))``: at ``t = fused_tradeoff(w̄)`` it is the
+    fused model. Tensors outside the dynamic layers that differ between members start from the
+    ``static_policy`` vector (default: the one the JSON records, else ``error``) and move along the
+    same path, so ``t = 0`` / ``1`` are the end members exactly. ``perceptsr_meta["tradeoff"]``
+    records how the model was made and its ``position``.
     """
     from perceptsr.checkpoint import load_model
 
@@ -150,14 +210,23 @@ def build_tradeoff_model(
             if listed and all(listed) and [Path(x).name for x in listed] != [f.name for f in files]:
                 warnings.warn(f"the fusion weights were computed with experts {[Path(x).name for x in listed]}, "
                               f"but the members are {[f.name for f in files]} (check the order)", stacklevel=2)
+            if static_policy is None:
+                static_policy = record.get("static_policy", "error")
         models = [load(p) for p in files]
         for p, m in zip(files[1:], models[1:]):
             if arch_of(m) != arch_of(models[0]):
                 raise CheckpointError(f"{p}: architecture {arch_of(m)} differs from {files[0]}'s {arch_of(models[0])}")
-        w = interpolate_fusion_weights(fusion_weights, t, center=center, num_experts=k)
+        vecs = _vectors(fusion_weights, k)
+        center = expert_position(vecs)
+        target, a = _path(t, k, center)
+        w = _move(vecs, target, a)
+        policy = static_policy or "error"
+        base = static_vector(policy, k)
+        static = policy if base is None else _move(base, target, a)
         model = models[0]
-        sd = fuse_state_dicts(model, [m.state_dict() for m in models], w)
-        info = {"t": t, "method": "fusion_weights", "center": center, "members": [str(f) for f in files]}
+        sd = fuse_state_dicts(model, [m.state_dict() for m in models], w, static=static)
+        info = {"t": t, "method": "fusion_weights", "position": expert_position(w), "fused_t": fused_tradeoff(vecs),
+                "static_policy": policy, "members": [str(f) for f in files]}
     else:
         if k == 1:
             i, a = 0, 0.0
@@ -172,8 +241,8 @@ def build_tradeoff_model(
             sd = _lerp_state_dicts(model.state_dict(), other.state_dict(), a, (str(files[i]), str(files[i + 1])))
         else:
             sd = model.state_dict()
-        info = {"t": t, "method": "population", "members": [str(f) for f in files], "between": [i, min(i + 1, k - 1)],
-                "alpha": a}
+        info = {"t": t, "method": "population", "position": i + a, "members": [str(f) for f in files],
+                "between": [i, min(i + 1, k - 1)], "alpha": a}
     model.load_state_dict(sd, strict=True)
     model.to(device).eval()
     model.perceptsr_meta = {**model.perceptsr_meta, "tradeoff": info}
@@ -181,10 +250,11 @@ def build_tradeoff_model(
 
 
 def load_tradeoff_model(path: str | os.PathLike, t: float, *, device: str | torch.device = "cpu") -> nn.Module:
-    """A plain model at trade-off ``t`` (0 = most faithful, 1 = most perceptual) from a population
-    folder (``member_<i>`` files: :func:`interpolate_population`) or a fused model (its checkpoint,
-    or a folder, with ``fusion_weights.json`` naming the experts: the per-layer path of
-    :func:`interpolate_fusion_weights`, which passes through the fused model at ``t = 0.5``)."""
+    """A plain model at perceptual preference ``t`` (expert position ``t (K - 1)``; 0 = most
+    faithful, 1 = most perceptual) from a population folder (``member_<i>`` files:
+    :func:`interpolate_population`) or a fused model (its checkpoint, or a folder, with
+    ``fusion_weights.json`` naming the experts: :func:`interpolate_fusion_weights`, which gives the
+    fused model itself at its own ``t``, recorded in the JSON as ``tradeoff_t``)."""
     from perceptsr.checkpoint import CheckpointSaver
     from perceptsr.ea_adam import POPULATION_DIR, population_folder
 

@@ -53,13 +53,15 @@ def discriminator_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.
     """Loss the discriminator minimises (``fake_logits`` from detached generator outputs).
 
     As in the original code (mmsr / RankSRGAN / ESRGAN): ``vanilla`` and ``lsgan`` sum the real and
-    fake terms; ``ragan`` averages its two relativistic terms.
+    fake terms; ``ragan`` averages its two relativistic terms, and in each term the other side's mean
+    is detached (ESRGAN / BasicSR / the EA-Adam RRDB release: ``D(hr) - mean D(sr)ᵈ`` and
+    ``D(sr) - mean D(hr)ᵈ``), so each term moves D only through its own side's logits.
     """
     _check(kind, real_logits)
     real_logits, fake_logits = real_logits.float(), fake_logits.float()
     if kind == "ragan":
         return 0.5 * (
-            _target_loss(kind, real_logits - fake_logits.mean(), 1.0)
-            + _target_loss(kind, fake_logits - real_logits.mean(), 0.0)
+            _target_loss(kind, real_logits - fake_logits.mean().detach(), 1.0)
+            + _target_loss(kind, fake_logits - real_logits.mean().detach(), 0.0)
         )
     return _target_loss(kind, real_logits, 1.0) + _target_loss(kind, fake_logits, 0.0)

@@ -105,6 +105,11 @@ class Objective:
         """With ``own_validation``: metrics of ``model`` (keys without ``val/``, ``best_metric`` first)."""
         raise NotImplementedError
 
+    def summarize_validation(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The gathered validation metrics (``val/...`` keys); may prepend a summary value that picks the
+        best checkpoint (name it in :attr:`best_metric`), e.g. a population's hypervolume."""
+        return metrics
+
     def train_dataset(self):
         """The training set (items looked up by ``(epoch, index)`` keys), or None for ``data.train``'s
         paired images."""
