@@ -462,6 +462,10 @@ class ValDataConfig:
     metrics: tuple[str, ...] = ("psnr", "ssim")  # e.g. [psnr, ssim, niqe]; PSNR picks the best checkpoint
 
     def __post_init__(self):
+        check_field(self.max_images is None or self.max_images >= 1, "max_images", self.max_images,
+                    "must be >= 1, or null for all images (remove data.val to turn validation off)")
+        check_field(self.log_images >= 0, "log_images", self.log_images, "must be >= 0")
+        check_field(self.crop_size > 0, "crop_size", self.crop_size, "must be positive")
         check_field(self.metrics[:1] == ("psnr",), "metrics", self.metrics,
                "must start with 'psnr' (it picks the best checkpoint)")
         check_field(len(set(self.metrics)) == len(self.metrics), "metrics", self.metrics, "lists a metric twice")
@@ -509,9 +513,11 @@ class OptimConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        check_field(self.lr >= 0, "lr", self.lr, "must be >= 0")
+        check_field(math.isfinite(self.lr) and self.lr >= 0, "lr", self.lr, "must be a finite number >= 0")
         check_field(all(0 <= b < 1 for b in self.betas), "betas", self.betas, "each beta must be in [0, 1)")
-        check_field(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check_field(math.isfinite(self.eps) and self.eps > 0, "eps", self.eps, "must be a finite number > 0")
+        check_field(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
+                    "must be a finite number >= 0")
 
 
 @variant_base
@@ -639,7 +645,13 @@ class LoopConfig:
         check_field(0.0 <= self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in [0, 1)")
         for name in ("log_every", "val_every", "save_every", "keep_last", "max_skips"):
             check_field(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
-        check_field(self.grad_clip is None or self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0")
+        check_field(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip >= 0), "grad_clip",
+                    self.grad_clip, "must be a finite number >= 0 (null or 0 = off)")
+
+
+def _plain_folder_name(name: str) -> bool:
+    """True for a name that stays inside its parent folder: one path component, not ``.`` or ``..``."""
+    return bool(name.strip()) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 @dataclass(frozen=True)
@@ -659,7 +671,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_field(self.scale in (1, 2, 3, 4, 8), "scale", self.scale, "must be 1, 2, 3, 4 or 8")
-        check_field(bool(self.name) and "/" not in self.name, "name", self.name, "must be a non-empty folder name")
+        check_field(_plain_folder_name(self.name), "name", self.name,
+                    "must be a plain folder name (not '.', '..', and no '/' or '\\'): the run goes to output_root/name")
         ps = self.data.train.patch_size
         check_field(ps % self.scale == 0, "data.train.patch_size", ps, f"must be a multiple of scale {self.scale}")
 

@@ -37,6 +37,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Union
 
 import numpy as np
@@ -388,7 +389,8 @@ def upscale_image(
     trained on photos would invent texture in a mask. Gray is replicated to three channels
     for an RGB model and the output's channel mean is taken (the model saw R = G = B, so its
     three outputs carry the same signal; no channel is favoured). A model whose
-    ``perceptsr_meta`` says one input channel gets the gray channel directly.
+    ``perceptsr_meta`` says one input channel gets the gray channel directly. A NaN or Inf in the
+    model's output raises :class:`PerceptsrError` rather than becoming black pixels.
     """
     from perceptsr.data.imresize import imresize
 
@@ -423,6 +425,8 @@ def upscale_image(
     if gray and sr.shape[0] != 1:
         sr = sr.mean(0, keepdim=True)
     out = sr.permute(1, 2, 0).cpu().numpy()
+    if not np.isfinite(out).all():  # would be written as black pixels
+        raise PerceptsrError("the model's output holds NaN or Inf values (diverged weights, or bf16 overflow?)")
     if alpha is not None:
         big = np.clip(imresize(alpha, scale), 0.0, 1.0).astype(np.float32)
         out = np.concatenate([out, big[:, :, None]], axis=2)
@@ -476,6 +480,7 @@ def upscale_path(
     dtype: torch.dtype | None = None,
     suffix: str = "",
     progress: bool = True,
+    report: Callable[[str], None] | None = None,
 ) -> UpscaleSummary:
     """Upscale an image file, or every image of a folder (sorted), to ``output_dir/<stem><suffix>.png``.
 
@@ -484,7 +489,8 @@ def upscale_path(
     out of memory, is reported (a line beside the progress bar, or a logged warning without
     one) and recorded in the summary's ``failed`` with the reason; the other files are still
     processed. Outputs that would overwrite an input of this run, or an earlier output of this
-    run, are refused the same way. A missing input or a folder without images raises
+    run, are refused the same way. ``report(reason)``, if given, replaces that line or warning
+    (each failure is reported exactly once). A missing input or a folder without images raises
     :class:`ImageReadError`; other exceptions (bugs) propagate.
     Options as in :func:`upscale_tensor`; ``tile="auto"`` is sized once for the whole run.
     """
@@ -538,7 +544,9 @@ def upscale_path(
             summary.failed.append((path, reason))
             if _is_oom(exc) and torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if progress:
+            if report is not None:
+                report(reason)
+            elif progress:
                 tqdm.write(f"failed: {reason}", file=sys.stderr)
             else:
                 logger.warning("failed: %s", reason)

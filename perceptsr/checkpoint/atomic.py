@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from perceptsr.umask import umask_mode
+
 __all__ = ["atomic_write", "fsync_dir"]
 
 
@@ -41,7 +43,7 @@ def atomic_write(
             os.fsync(f.fileno())
         if check is not None:
             check(tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

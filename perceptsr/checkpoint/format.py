@@ -225,8 +225,14 @@ def read_checkpoint(path: str | os.PathLike, *, prefer_ema: bool = True, key: st
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file (.safetensors/.pth)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     meta: dict[str, Any] = {}
-    if _is_safetensors(path):
+    try:
+        native = _is_safetensors(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {exc.strerror or exc}") from None
+    if native:
         tensors, header = _read_safetensors(path)
         if META_KEY in header:
             file_format = "perceptsr"

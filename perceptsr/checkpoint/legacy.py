@@ -46,14 +46,18 @@ def unsafe_globals_message(path: Path, exc: Exception) -> str:
 def torch_load(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; CheckpointError for unsafe or unreadable files."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch.load would pick safetensors by the extension alone
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if re.search(r"GLOBAL [\w.]+", str(exc)):
             raise CheckpointError(unsafe_globals_message(path, exc)) from None
         raise CheckpointError(f"{path}: not a readable PyTorch or safetensors checkpoint ({first_line(exc)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except PermissionError as exc:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {exc.strerror}") from None
+    except Exception as exc:  # torch.load fails on foreign bytes with many types (KeyError, SafetensorError, ...)
         raise CheckpointError(
-            f"{path}: not a readable PyTorch or safetensors checkpoint (corrupt or truncated?): {first_line(exc)}"
+            f"{path}: not a readable PyTorch or safetensors checkpoint (corrupt, truncated or another kind of file?): "
+            f"{first_line(exc)}"
         ) from None
 
 

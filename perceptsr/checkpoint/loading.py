@@ -18,7 +18,7 @@ from perceptsr.checkpoint.keys import key_report
 from perceptsr.checkpoint.layouts import convert_state_dict, detect_arch
 from perceptsr.errors import CheckpointError, ConfigError
 
-__all__ = ["load_model", "load_pretrained", "load_state_dict_strict", "read_state_dict"]
+__all__ = ["check_finite", "load_model", "load_pretrained", "load_state_dict_strict", "read_state_dict"]
 
 
 def _convert_or_raise(sd: Mapping[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -35,6 +35,15 @@ def read_state_dict(
     renamed to perceptsr key names (:func:`perceptsr.checkpoint.convert_state_dict`)."""
     ckpt = read_checkpoint(path, prefer_ema=prefer_ema, key=key)
     return _convert_or_raise(ckpt.state_dict, ckpt.path)[0] if convert else ckpt.state_dict
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """CheckpointError naming the tensors holding NaN or Inf: such weights make NaN (black) images."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" ... ({len(bad)} tensors)" if len(bad) > 5 else "")
+        raise CheckpointError(f"{source}: weights hold NaN or Inf values ({shown}); the training run diverged "
+                              "before this checkpoint; use an earlier one")
 
 
 def load_state_dict_strict(
@@ -69,6 +78,7 @@ def load_pretrained(module: nn.Module, path: str | os.PathLike, *, key: str | No
     loading strictly; errors name the file and the weight set. Returns ``module``."""
     ckpt = read_checkpoint(path, prefer_ema=True, key=key)
     sd, _layout = convert_state_dict(ckpt.state_dict)
+    check_finite(sd, f"{ckpt.path} [{ckpt.weights_key or 'state dict'}]")
     return load_state_dict_strict(module, sd, strict=strict, source=f"{ckpt.path} [{ckpt.weights_key or 'state dict'}]")
 
 
@@ -94,10 +104,11 @@ def load_model(
     The architecture comes from ``arch``/``arch_kwargs`` if given, else the native metadata, else
     :func:`perceptsr.checkpoint.detect_arch`. ``model.perceptsr_meta`` holds the metadata plus how
     the file was read (``path``, ``file_format``, ``layout``, ``weights_key``, ``ema``, ``arch``,
-    ``arch_kwargs``).
+    ``arch_kwargs``). Weights holding NaN or Inf are refused.
     """
     ckpt = read_checkpoint(path, prefer_ema=prefer_ema, key=key)
     sd, layout = _convert_or_raise(ckpt.state_dict, ckpt.path)
+    check_finite(sd, ckpt.path)
     meta = dict(ckpt.meta)
 
     kwargs: dict[str, Any] | None = None

@@ -19,9 +19,11 @@ from torch import nn
 
 from perceptsr.checkpoint.atomic import atomic_write, fsync_dir
 from perceptsr.checkpoint.format import read_checkpoint, save_model, unwrap_module
+from perceptsr.checkpoint.legacy import first_line
 from perceptsr.checkpoint.loading import load_state_dict_strict
 from perceptsr.checkpoint.training_state import load_training_state, save_training_state
 from perceptsr.errors import CheckpointError
+from perceptsr.umask import umask_mode
 
 __all__ = ["CheckpointSaver"]
 
@@ -42,11 +44,19 @@ class CheckpointSaver:
     ``latest.json`` updated (atomically) and are old checkpoints pruned, so a crash never loses
     the last good checkpoint. ``keep_last=None`` keeps everything. ``best_metric`` names the
     metric; ``mode`` is ``"max"`` (higher is better) or ``"min"``.
+
+    Temp folders left by a crash are removed by :meth:`remove_stale`, which only the process that
+    owns the folder may call (the loop does, holding the run lock): another trainer's temp folder
+    may be a save in progress. Before a save the free space is checked against the estimated size
+    (:data:`SPACE_MARGIN`, :data:`SPACE_RESERVE`); a failing write (a full disk, any ``OSError``)
+    becomes one :class:`CheckpointError` naming the folder, the free space and the size needed.
     """
 
     POINTER = "latest.json"
     MANIFEST = "manifest.json"
     STATE = "training_state.pt"
+    SPACE_MARGIN = 1.1  # free space needed before a save: estimated size x margin + reserve
+    SPACE_RESERVE = 16 * 2**20
 
     def __init__(
         self, directory: str | os.PathLike, keep_last: int | None = 3, best_metric: str | None = None, mode: str = "max"
@@ -58,9 +68,20 @@ class CheckpointSaver:
         self.directory = Path(directory)
         self.keep_last, self.best_metric, self.mode = keep_last, best_metric, mode
         self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.glob(".iter_*.tmp*"):  # left behind by a crash mid-save
-            shutil.rmtree(stale, ignore_errors=True)
         self._best: dict[str, Any] | None = self._scan_best()
+
+    def remove_stale(self) -> list[Path]:
+        """Delete what a crash mid-save leaves behind (``.iter_N.tmp*`` folders, ``.latest.json.*.tmp``
+        and other hidden ``.tmp`` files); returns what was removed. Call it only while holding the run."""
+        removed = []
+        for stale in sorted(self.directory.glob(".*.tmp*")):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            removed.append(stale)
+        return removed
 
     # -- queries ------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -135,8 +156,35 @@ class CheckpointSaver:
         metric = None if metric is None else float(metric)
         name = f"iter_{iteration}"
         final = self.directory / name
+        needed = _estimated_bytes(models, ema, training_state)
+        free = _free_bytes(self.directory)
+        if free is not None and free < needed * self.SPACE_MARGIN + self.SPACE_RESERVE:
+            raise CheckpointError(
+                f"{self.directory}: not enough disk space for checkpoint {name}: {_size(free)} free, it needs about "
+                f"{_size(needed)} (+{self.SPACE_MARGIN - 1:.0%} and {_size(self.SPACE_RESERVE)} margin); "
+                f"{self._untouched()}. Free some space or train into another folder (--out)"
+            )
+        try:
+            self._write(name, final, models, ema, training_state, metric, metrics, extra, iteration)
+        except (OSError, RuntimeError) as exc:
+            reason = _write_failure(exc)
+            if reason is None:
+                raise
+            raise CheckpointError(
+                f"{final}: writing the checkpoint failed: {reason}; {_size(_free_bytes(self.directory))} free on "
+                f"that disk, the checkpoint needs about {_size(needed)}; {self._untouched()}"
+            ) from exc
+        self._prune(keep=final)
+        return final
+
+    def _untouched(self) -> str:
+        latest = self.latest()
+        return f"the last good checkpoint ({latest.name if latest else 'none'}) and {self.POINTER} are untouched"
+
+    def _write(self, name, final, models, ema, training_state, metric, metrics, extra, iteration) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp", dir=self.directory))
         try:
+            os.chmod(tmp, umask_mode(directory=True))  # mkdtemp makes it 0o700
             files = {}
             for stem, entry in models.items():
                 if not isinstance(entry, tuple) or len(entry) not in (2, 3):
@@ -165,15 +213,15 @@ class CheckpointSaver:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        best = self._best
         if metric is not None and self._better(metric, self._best):
-            self._best = {"checkpoint": name, "iteration": iteration, "metric": metric}
+            best = {"checkpoint": name, "iteration": iteration, "metric": metric}
         elif self._best is not None and self._best["checkpoint"] == name:  # re-saved the best iteration
-            self._best = self._scan_best()
+            best = self._scan_best()
         pointer = {"latest": name, "iteration": iteration,
-                   "best": None if self._best is None else {**self._best, "name": self.best_metric, "mode": self.mode}}
+                   "best": None if best is None else {**best, "name": self.best_metric, "mode": self.mode}}
         atomic_write(self.directory / self.POINTER, lambda f: f.write(json.dumps(pointer, indent=1).encode()))
-        self._prune(keep=final)
-        return final
+        self._best = best
 
     def _prune(self, keep: Path) -> None:
         if self.keep_last is None:
@@ -213,3 +261,55 @@ class CheckpointSaver:
                 load_state_dict_strict(unwrap_module(module), ckpt.state_dict, source=file)
         state_file = folder / self.STATE
         return load_training_state(state_file, map_location=map_location) if state_file.is_file() else {}
+
+
+# -- disk space -----------------------------------------------------------------------------------
+
+_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "unexpected pos", "file write failed")
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """What went wrong writing a file, for an ``OSError`` or torch's writer ``RuntimeError``; None for
+    other errors (bugs), which propagate unchanged."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or first_line(exc)}{where}"
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILURES):
+        return f"{first_line(exc)} (torch.save could not write the file: usually a full disk)"
+    return None
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def _size(n: int | float | None) -> str:
+    if n is None:
+        return "unknown space"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, nn.Module):
+        return sum(_tensor_bytes(t) for t in obj.state_dict().values())
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple, set)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _estimated_bytes(models: Mapping[str, ModelEntry], ema: Mapping[str, nn.Module] | None,
+                     training_state: Mapping[str, Any] | None) -> int:
+    """Size of a checkpoint: its tensors (weights, EMA copies, optimizer state) plus 64 KiB per file."""
+    weights = sum(_tensor_bytes(entry[0]) for entry in models.values() if isinstance(entry, tuple) and entry)
+    return weights + _tensor_bytes(dict(ema or {})) + _tensor_bytes(training_state) + 64 * 1024 * (len(models) + 2)

@@ -4,6 +4,9 @@ NAME may list several metrics separated by commas (``psnr,ssim``). Folder mode p
 IMAGE and REF by file stem (``--pair order`` pairs the sorted lists instead), prints one line per
 image and the mean, and writes ``--out results.csv`` or ``results.json`` when asked. Same-size
 images are batched. Every result records the protocol (preset, colour, crop, rounding) used.
+In folder mode an image that cannot be read, or that a metric refuses (too small, wrong range),
+is skipped for that metric, named with the reason and counted, as ``perceptsr eval`` does; the
+means are over the images that were measured. A single image that fails is an error naming it.
 """
 
 from __future__ import annotations
@@ -74,36 +77,61 @@ def _pairs(image: Path, ref: Path | None, mode: str) -> list[tuple[Path, Path | 
     return [(p, by_stem[p.stem]) for p in images]
 
 
-def _evaluate(metrics, pairs, args, device):
-    """Per-pair values {metric: [float]} with same-size batching."""
+def _evaluate(metrics, pairs, args, device, skipped: list[dict] | None):
+    """Per-pair values {metric: [float]} with same-size batching; images that cannot be read or that
+    a metric refuses get NaN and a ``{"image", "metric", "reason"}`` entry in ``skipped`` (with
+    ``skipped=None`` they raise, naming the file)."""
     import torch
 
+    from perceptsr.errors import ImageReadError, MetricInputError
     from perceptsr.metrics.protocol import match_channels
 
     values = {name: [math.nan] * len(pairs) for name in metrics}
-    loaded = []
-    for a_path, b_path in pairs:
-        loaded.append((_read(a_path), _read(b_path) if b_path is not None else None))
+    loaded, usable = [], []
+    for i, (a_path, b_path) in enumerate(pairs):
+        try:
+            loaded.append((_read(a_path), _read(b_path) if b_path is not None else None))
+            usable.append(i)
+        except ImageReadError as exc:
+            if skipped is None:
+                raise
+            loaded.append(None)
+            skipped.extend({"image": str(a_path), "metric": name, "reason": str(exc)} for name in metrics)
+
+    def measure(metric, chunk, prepared):
+        x = torch.cat([prepared[i][0] for i in chunk]).to(device)
+        ref = None
+        if prepared[chunk[0]][1] is not None:
+            ref = torch.cat([prepared[i][1] for i in chunk]).to(device)
+        with torch.no_grad():
+            return metric(x, ref) if metric.full_reference else metric(x)
+
     bar = None
     if not args.quiet and len(pairs) > 1:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(pairs) * len(metrics), desc="metric", unit="img", leave=False)
     for name, metric in metrics.items():
-        prepared = [match_channels(a, b, metric) for a, b in loaded]
+        prepared = {i: match_channels(*loaded[i], metric) for i in usable}
         groups: dict[tuple, list[int]] = {}
-        for i, (a, b) in enumerate(prepared):
+        for i, (a, b) in prepared.items():
             groups.setdefault((tuple(a.shape), None if b is None else tuple(b.shape)), []).append(i)
         for idx in groups.values():
             for start in range(0, len(idx), args.batch_size):
                 chunk = idx[start : start + args.batch_size]
-                x = torch.cat([prepared[i][0] for i in chunk]).to(device)
-                ref = None
-                if prepared[chunk[0]][1] is not None:
-                    ref = torch.cat([prepared[i][1] for i in chunk]).to(device)
-                with torch.no_grad():
-                    out = metric(x, ref) if metric.full_reference else metric(x)
-                for i, v in zip(chunk, out.double().cpu().tolist()):
+                try:
+                    results = list(zip(chunk, measure(metric, chunk, prepared).double().cpu().tolist()))
+                except MetricInputError:  # find which images of the batch the metric refuses
+                    results = []
+                    for i in chunk:
+                        try:
+                            results.append((i, float(measure(metric, [i], prepared)[0])))
+                        except MetricInputError as exc:
+                            if skipped is None:
+                                raise MetricInputError(f"{pairs[i][0]}: {exc}") from None
+                            skipped.append({"image": str(pairs[i][0]), "metric": name,
+                                            "reason": f"{pairs[i][0]}: {exc}"})
+                for i, v in results:
                     values[name][i] = v
                 if bar is not None:
                     bar.update(len(chunk))
@@ -113,7 +141,8 @@ def _evaluate(metrics, pairs, args, device):
 
 
 def _mean(vals: list[float]) -> float:
-    return sum(vals) / len(vals) if vals else math.nan
+    measured = [v for v in vals if not math.isnan(v)]
+    return sum(measured) / len(measured) if measured else math.nan
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,19 +184,23 @@ def run(args: argparse.Namespace) -> int:
             raise ImageReadError(f"{image} is a file, so REF must be a file too: {ref}")
         pairs = [(image, ref if any_fr else None)]
 
-    values = _evaluate(metrics, pairs, args, device)
+    skipped: list[dict] | None = [] if folder else None
+    values = _evaluate(metrics, pairs, args, device, skipped)
+    skipped = skipped or []
     protocols = {n: m.protocol for n, m in metrics.items()}
     means = {n: _mean(v) for n, v in values.items()}
+    counts = {n: sum(not math.isnan(v) for v in vals) for n, vals in values.items()}
     rows = [
         {"image": str(a), "ref": None if b is None else str(b), **{n: values[n][i] for n in names}}
         for i, (a, b) in enumerate(pairs)
     ]
     result = {"metrics": names, "preset": args.preset, "protocol": protocols, "mean": means,
-              "count": len(pairs), "images": rows}
+              "count": len(pairs), "measured": counts, "images": rows, "skipped": skipped}
 
     if args.out:
         _write(Path(args.out), result, names)
     if args.json:
+        _report_skipped(skipped, counts, len(pairs))
         print(json.dumps(result if folder else {**result, "value": {n: values[n][0] for n in names}}, indent=2))
         return 0
     if folder:
@@ -176,12 +209,23 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{Path(r['image']).name:{width}s}  " + "  ".join(f"{r[n]:12.6f}" for n in names))
         print(f"{'mean':{width}s}  " + "  ".join(f"{means[n]:12.6f}" for n in names))
+        _report_skipped(skipped, counts, len(pairs))
     else:
         for n in names:
             print(f"{n}: {values[n][0]:.6f}")
     for n in names:
         print(f"protocol[{n}]: {protocols[n]}", file=sys.stderr)
     return 0
+
+
+def _report_skipped(skipped: list[dict], counts: dict[str, int], total: int) -> None:
+    """One stderr line per skipped image and metric, then the count measured per metric."""
+    if not skipped:
+        return
+    for s in skipped:
+        print(f"skipped ({s['metric']}): {s['reason']}", file=sys.stderr)
+    print(f"skipped {len(skipped)} image/metric pair(s); measured "
+          + ", ".join(f"{n} on {c} of {total}" for n, c in counts.items()), file=sys.stderr)
 
 
 def _write(path: Path, result: dict, names: list[str]) -> None:
@@ -201,6 +245,8 @@ def _write(path: Path, result: dict, names: list[str]) -> None:
             for r in result["images"]:
                 w.writerow([r["image"], r["ref"] or "", *(repr(r[n]) for n in names)])
             w.writerow(["mean", "", *(repr(result["mean"][n]) for n in names)])
+            for s in result["skipped"]:
+                w.writerow([f"# skipped[{s['metric']}]", s["image"], s["reason"]])
             for n in names:
                 w.writerow([f"# protocol[{n}]", "", result["protocol"][n]])
     tmp.replace(path)

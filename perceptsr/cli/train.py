@@ -2,6 +2,10 @@
 
 Multi-GPU / multi-process: ``torchrun --nproc_per_node N -m perceptsr train CONFIG.yml`` (torchrun
 sets RANK/WORLD_SIZE/LOCAL_RANK; ``data.train.batch_size`` is the total over all processes).
+
+Exit codes: 0 finished, 1 error (one line naming the file or key), 75 (:data:`EXIT_STOPPED`, BSD's
+``EX_TEMPFAIL``) stopped by SIGTERM/SIGUSR1 with a checkpoint saved: "stopped, resumable", rerun
+with ``--resume``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import dataclasses
 import os
 import shlex
 import sys
+
+EXIT_STOPPED = 75  # preempted with a checkpoint saved; resume with --resume
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
         if "train" in sys.argv else shlex.join(sys.argv)
     result = train(cfg, resume=args.resume, command=command, progress=not args.no_progress)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.val_metrics.items())
-    if os.environ.get("RANK", "0") == "0":
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if result.stopped_early:
+        if main_rank:
+            print(f"stopped, resumable: {result.run_dir} at iteration {result.iteration} of {cfg.train.iterations}, "
+                  f"checkpoint {result.last_checkpoint}; continue with --resume")
+        return EXIT_STOPPED
+    if main_rank:
         print(f"done: {result.run_dir} at iteration {result.iteration}" + (f" ({metrics})" if metrics else ""))
     return 0

@@ -29,9 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--tradeoff", type=_unit, default=None, metavar="T",
-        help="EA-Adam perception-distortion control in [0, 1] (0 = most faithful, 1 = most perceptual): "
+        help="EA-Adam perception-distortion control (a perceptsr extension): the perceptual preference in [0, 1], "
+        "i.e. expert position T*(K-1) of K (member i at T = i/(K-1); 0 = most faithful, 1 = most perceptual); "
         "--model is then a population folder (member_<i> files) or a fused model with fusion_weights.json "
-        "beside it (0.5 = the fused model itself)",
+        "beside it (the fused model itself is at its own T, the tradeoff_t that perceptsr fuse prints and records)",
     )
 
 
@@ -73,11 +74,10 @@ def run(args: argparse.Namespace) -> int:
         dtype=torch.bfloat16 if args.bf16 else None,
         suffix=args.suffix,
         progress=not args.quiet,
+        report=(lambda reason: print(f"failed: {reason}", file=sys.stderr)) if args.quiet else None,
     )
     print(f"upscaled {len(summary.processed)} image(s) into {args.output}")
-    if summary.failed:
-        print(f"{len(summary.failed)} image(s) failed:", file=sys.stderr)
-        for _, reason in summary.failed:
-            print(f"  {reason}", file=sys.stderr)
+    if summary.failed:  # each failure was reported as it happened
+        print(f"{len(summary.failed)} image(s) failed (listed above)", file=sys.stderr)
         return 1
     return 0

@@ -98,6 +98,10 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
 
 
+class _TooSmall(ConfigError):
+    """An image smaller than the patch: a config error, or skipped with ``skip_bad``."""
+
+
 class _PairedBase(Dataset):
     """File pairing, up-front checks, bad-file handling and caching shared by train and val sets."""
 
@@ -120,12 +124,13 @@ class _PairedBase(Dataset):
                 entry = self._check(hr, lr, min_lr_size)
                 if cache or skip_bad:  # full decode: finds truncated files that headers hide
                     loaded = self._decode(*entry)
-            except ImageReadError as exc:
+            except (ImageReadError, _TooSmall) as exc:
                 if not skip_bad:
                     raise
                 path = lr if lr is not None and str(exc).startswith(str(lr)) else hr
                 self.bad_files.append((path, str(exc)))
-                warnings.warn(f"skipping unreadable image {exc}", stacklevel=2)
+                what = "too small" if isinstance(exc, _TooSmall) else "unreadable"
+                warnings.warn(f"skipping {what} image {exc}", stacklevel=2)
                 continue
             self._pairs.append(entry)
             if cache:
@@ -147,7 +152,7 @@ class _PairedBase(Dataset):
                     f"{hr} ({h}x{w}) is not {self.scale}x {lr} ({lh}x{lw}), even after modcrop"
                 )
         if min(lh, lw) < min_lr_size:
-            raise ConfigError(
+            raise _TooSmall(
                 f"{hr}: LR size {lh}x{lw} is smaller than the LR patch {min_lr_size}x{min_lr_size}"
             )
         return hr, lr, hr_info.bits, lr_bits
@@ -176,8 +181,9 @@ class PairedImageDataset(_PairedBase):
     :attr:`epoch`, set by :meth:`set_epoch` (which persistent workers do not see). Items are
     ``{"lr": (3, p/s, p/s), "hr": (3, p, p), "name": str}`` float32 in [0, 1].
     ``cache=True`` keeps every decoded pair in RAM (on the integer grid: 1 byte per 8-bit sample);
-    ``skip_bad=True`` decodes every file once up front and skips unreadable ones, listing them in
-    :attr:`bad_files` and warning about each; otherwise a bad file raises ``ImageReadError``.
+    ``skip_bad=True`` decodes every file once up front and skips unreadable ones and those smaller
+    than the patch, listing them in :attr:`bad_files` and warning about each; otherwise a bad file
+    raises ``ImageReadError`` (a too-small one ``ConfigError``).
     """
 
     def __init__(self, hr_dir, lr_dir=None, *, scale: int, patch_size: int, seed: int = 0, hflip: bool = True,

@@ -2,16 +2,27 @@
 
 Pillow does the decoding, except for 16-bit colour PNGs, which it would silently reduce to 8 bits:
 those go through a small PNG codec here. Every failure a user can cause (missing, corrupt or
-truncated file) raises :class:`~perceptsr.errors.ImageReadError` naming the file and the reason.
+truncated file, NaN/Inf in a float image) raises :class:`~perceptsr.errors.ImageReadError` naming
+the file and the reason.
+
+**Pixel limit.** Every decoder path (8-bit, 16-bit PNG, TIFF, float) refuses an image of more than
+:func:`max_image_pixels` pixels from its header, before any pixel is decoded, so a small file that
+would decode to gigabytes (a "decompression bomb") cannot exhaust memory. The limit is
+:data:`DEFAULT_MAX_PIXELS` (2**27, about 11585 x 11585: 1.5 GiB as float32 RGB); set the
+environment variable ``PERCEPTSR_MAX_IMAGE_PIXELS`` (a number, or ``none`` for no limit) or pass
+``max_pixels=`` to :func:`read_image`. Pillow's own hard stop (``PIL.Image.MAX_IMAGE_PIXELS`` x 2,
+179 M pixels by default) still applies above that; raise both for larger images.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import tempfile
 import threading
+import warnings
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +34,15 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from perceptsr.data.color import rgb2gray
 from perceptsr.errors import ImageReadError
+from perceptsr.umask import umask_mode
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageInfo", "read_image", "read_image_info", "write_image", "list_images"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageInfo", "max_image_pixels", "read_image", "read_image_info",
+    "write_image", "list_images",
+]
+
+DEFAULT_MAX_PIXELS = 2**27
+MAX_PIXELS_ENV = "PERCEPTSR_MAX_IMAGE_PIXELS"
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _PIL_FORMATS = {
@@ -43,6 +61,32 @@ _ORIENT = {
     8: lambda a: np.rot90(a, 1),
 }  # EXIF orientation -> transform giving the upright image (as PIL.ImageOps.exif_transpose)
 _TRUNCATION_LOCK = threading.Lock()
+# image formats people keep in image folders that perceptsr does not read: reported, not skipped silently
+_UNSUPPORTED_EXTENSIONS = (".gif", ".heic", ".heif", ".avif", ".jxl", ".svg", ".exr", ".dng", ".raw", ".cr2", ".nef")
+
+
+def max_image_pixels(max_pixels: int | None = None) -> int | None:
+    """The pixel limit in force: ``max_pixels`` if given (0 or less = none), else the environment
+    variable ``PERCEPTSR_MAX_IMAGE_PIXELS`` (a number, or ``none``), else :data:`DEFAULT_MAX_PIXELS`."""
+    if max_pixels is not None:
+        return int(max_pixels) if max_pixels > 0 else None
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if raw.lower() in ("none", "off", "0"):
+        return None
+    try:
+        return int(float(raw))
+    except ValueError:
+        raise ImageReadError(f"environment variable {MAX_PIXELS_ENV}={raw!r} is not a number (or 'none')") from None
+
+
+def _check_pixels(path: Path, width: int, height: int, limit: int | None) -> None:
+    if limit is not None and width * height > limit:
+        raise ImageReadError(
+            f"{path}: {width}x{height} = {width * height:,} pixels exceeds the pixel limit of {limit:,} "
+            f"(a decompression bomb?); raise it with {MAX_PIXELS_ENV}=N or read_image(max_pixels=N) if the image is genuine"
+        )
 
 
 @dataclass(frozen=True)
@@ -205,45 +249,72 @@ def _pillow_pixels(im: Image.Image) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _decode(path: Path) -> np.ndarray:
+def _open_pillow(data, path: Path, limit: int | None) -> Image.Image:
+    """``Image.open`` (header only) with the pixel limit checked; Pillow's own bomb stop reported alike."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides
+            im = Image.open(data)
+    except Image.DecompressionBombError as exc:
+        size = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"{int(size.group(1)):,} pixels" if size else "the image size"
+        raise ImageReadError(
+            f"{path}: {what} exceeds Pillow's limit (2 x PIL.Image.MAX_IMAGE_PIXELS, a decompression bomb?); "
+            f"raise PIL.Image.MAX_IMAGE_PIXELS as well as {MAX_PIXELS_ENV} if the image is genuine"
+        ) from None
+    _check_pixels(path, im.size[0], im.size[1], limit)
+    return im
+
+
+def _decode(path: Path, max_pixels: int | None = None) -> np.ndarray:
     """Upright float32 HWC [0, 1] pixels with the file's own channels (L, LA, RGB or RGBA)."""
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    limit = max_image_pixels(max_pixels)
     try:
         data = memoryview(path.read_bytes())
         header = _png_header(data)
+        if header is not None:
+            _check_pixels(path, header[0], header[1], limit)
         if header is not None and header[2] == 16 and header[3] != 0:
             arr, orientation = _read_png16(data, path)
         else:
             if header is not None:
                 for _ in _png_chunks(data, path):  # CRCs and IEND: Pillow only checks what it decodes
                     pass
-            with Image.open(io.BytesIO(data)) as im, _refuse_truncated():
+            with _open_pillow(io.BytesIO(data), path, limit) as im, _refuse_truncated():
                 im.load()
                 orientation = im.getexif().get(0x0112, 1)
                 arr = _pillow_pixels(im)
+                floating = im.mode == "F"
+            if floating and not np.isfinite(arr).all():
+                bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+                raise ImageReadError(f"{path}: float image holds {bad} NaN or Inf value(s)")
     except ImageReadError:
         raise
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image in a format Pillow can decode") from None
+    except MemoryError:
+        raise ImageReadError(f"{path}: not enough memory to decode this image") from None
     except Exception as exc:  # Pillow reports bad files with many exception types
         raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
     transform = _ORIENT.get(orientation)
     return np.ascontiguousarray(transform(arr)) if transform else arr
 
 
-def read_image(path, *, mode: str = "rgb", keep_alpha: bool = False) -> np.ndarray:
+def read_image(path, *, mode: str = "rgb", keep_alpha: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as float32 ``(H, W, C)`` in [0, 1], upright (EXIF orientation applied).
 
     ``mode="rgb"`` gives 3 channels (grey is repeated), ``"gray"`` 1 channel (colour goes through
     MATLAB's ``rgb2gray``), ``"keep"`` the file's own channel count. Alpha is dropped unless
     ``keep_alpha``, which appends it as the last channel when the file has one. 16-bit files keep
     their 16-bit precision (colour-key transparency of 16-bit colour PNGs is ignored).
+    ``max_pixels`` overrides the pixel limit (see the module docstring; 0 = none).
     """
     if mode not in ("rgb", "gray", "keep"):
         raise ValueError(f"read_image: mode must be 'rgb', 'gray' or 'keep', got {mode!r}")
     path = Path(path)
-    arr = _decode(path)
+    arr = _decode(path, max_pixels)
     alpha = arr[..., -1:] if arr.shape[-1] in (2, 4) else None
     color = arr[..., :-1] if alpha is not None else arr
     if mode == "rgb" and color.shape[-1] == 1:
@@ -320,6 +391,7 @@ def write_image(path, img, *, bits: int = 8, quality: int = 95) -> Path:
             else:
                 pil = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
                 pil.save(fh, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+        os.chmod(tmp, umask_mode())  # mkstemp makes it 0o600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -354,14 +426,29 @@ def _as_hwc_integers(img, bits: int) -> np.ndarray:
 
 
 def list_images(folder, *, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (known extensions, any case; hidden files skipped), sorted by path."""
+    """Image files in ``folder`` (known extensions, any case; hidden files skipped), sorted by path.
+
+    Image-like entries that cannot be read are not dropped silently: broken symlinks and symlink
+    loops with an image extension, and files in formats perceptsr does not read (``.gif``,
+    ``.heic``, ...), are named in one warning.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         reason = "not a folder" if folder.exists() else "folder not found"
         raise ImageReadError(f"{folder}: {reason}")
     candidates = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p
-        for p in candidates
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    )
+    found, ignored = [], []
+    for p in candidates:
+        suffix = p.suffix.lower()
+        if p.name.startswith("."):
+            continue
+        if suffix in IMAGE_EXTENSIONS:
+            if p.is_file():
+                found.append(p)
+            elif p.is_symlink():
+                ignored.append(f"{p.name} (broken symlink or symlink loop)")
+        elif suffix in _UNSUPPORTED_EXTENSIONS:
+            ignored.append(f"{p.name} (unsupported format {suffix}; convert it to PNG)")
+    if ignored:
+        warnings.warn(f"{folder}: ignoring {len(ignored)} file(s): {', '.join(sorted(ignored))}", stacklevel=2)
+    return sorted(found)

@@ -117,6 +117,8 @@ class LPIPS(Metric):
 
     def compute(self, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
         assert ref is not None
+        dtype = next(self.net.parameters()).dtype  # float64 (or half) input runs in the network's precision
+        x, ref = x.to(dtype), ref.to(dtype)
         if x.shape[1] == 1:
             x, ref = x.expand(-1, 3, -1, -1), ref.expand(-1, 3, -1, -1)
         n = x.shape[0]

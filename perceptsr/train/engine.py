@@ -12,6 +12,12 @@ launch), ``log.txt``, ``tb/`` (TensorBoard), ``checkpoints/iter_N/`` (see
 :class:`perceptsr.checkpoint.CheckpointSaver`: one ``.safetensors`` per trained network with the EMA
 weights as plain keys and the raw ones as ``params``, plus ``training_state.pt``).
 
+One trainer per run folder: rank 0 holds :class:`~perceptsr.train.lock.RunLock` on
+``<run>/.lock`` for the whole run (a second trainer fails at once, naming the holder), and temp
+files of crashed saves are removed only under it. A resumed run applies changed settings and logs each, or refuses
+those the checkpoint fixes (:mod:`perceptsr.train.resume_config`); ``config.yml`` is written only
+once the config is known to be the one used.
+
 Resume restores the weights, EMA, optimizers, schedules, objective state, the iteration, the RNG
 states of every rank and the data position (a pure function of the iteration), so a run stopped at
 iteration ``k`` and resumed to ``N`` ends with the same bits as an uninterrupted run to ``N`` on the
@@ -41,8 +47,10 @@ from perceptsr.errors import CheckpointError, ConfigError, PerceptsrError
 from perceptsr import distributed as D
 from perceptsr.train.context import Artifacts, RunContext, RunLog, Runtime
 from perceptsr.train.ema import ModelEMA
+from perceptsr.train.lock import RunLock
 from perceptsr.train.networks import build_generator
 from perceptsr.train.objectives import NonFiniteLossError, Objective, build_objective, objective_class
+from perceptsr.train.resume_config import ResumeChanges, resume_changes
 from perceptsr.train.runs import find_resume_checkpoint, run_dir_of
 from perceptsr.train.sampling import ResumableStream
 from perceptsr.train.validation import Validator
@@ -99,11 +107,22 @@ class StopSignals:
 
 
 def resolve_device(name: str, info: D.DistInfo) -> torch.device:
+    """``train.device`` as a torch device; ConfigError for a name torch does not know or a CUDA device
+    this machine does not have."""
     if name == "auto":
         return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"config key 'train.device': unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{info.local_rank}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index >= count:
+            have = f"only {count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
+            raise ConfigError(f"config key 'train.device': {name!r} (rank {info.rank}: {device}) but this machine has "
+                              f"{have}; use train.device=auto or cpu")
     return device
 
 
@@ -177,9 +196,13 @@ def build_train_stream(cfg: TrainConfig, info: D.DistInfo, start_batch: int, pin
 # the loop
 
 
-def _prepare_run_dir(cfg: TrainConfig, resume) -> tuple[Path, Path | None]:
+def _prepare_run_dir(cfg: TrainConfig, resume) -> tuple[Path, Path | None, ResumeChanges]:
+    """The run folder, the checkpoint to resume from and the config changes since it (see
+    :func:`~perceptsr.train.resume_config.resume_changes`, checked against the ``config.yml`` of the
+    checkpoint's run)."""
     run_dir = run_dir_of(cfg)
     checkpoint = find_resume_checkpoint(run_dir, resume)
+    changes = ResumeChanges()
     if checkpoint is None and not resume:
         ckpt_dir = run_dir / "checkpoints"
         if ckpt_dir.is_dir() and any(ckpt_dir.glob("iter_*")):
@@ -187,7 +210,24 @@ def _prepare_run_dir(cfg: TrainConfig, resume) -> tuple[Path, Path | None]:
                 f"run directory {run_dir} already holds checkpoints; pass --resume to continue it, or choose "
                 f"another experiment name (--set name=...) or output root (--out)"
             )
-    return run_dir, checkpoint
+    if checkpoint is not None:
+        recorded = checkpoint.parent.parent / "config.yml"
+        if recorded.is_file():
+            changes = resume_changes(recorded, cfg)
+    return run_dir, checkpoint, changes
+
+
+def _lock_run_dir(lock: RunLock | None, info: D.DistInfo) -> None:
+    """Rank 0 takes the run lock; every rank fails together if it cannot."""
+    error = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except PerceptsrError as exc:
+            error = str(exc)
+    error = D.broadcast_object(error, info)
+    if error is not None:
+        raise TrainingError(error)
 
 
 def train(cfg: TrainConfig, *, resume=None, command: str | None = None, stop_after: int | None = None,
@@ -199,13 +239,17 @@ def train(cfg: TrainConfig, *, resume=None, command: str | None = None, stop_aft
     loop after that iteration, as an interruption would (no extra checkpoint).
     """
     info = D.init_distributed(cfg.train.device)
+    lock = RunLock(run_dir_of(cfg)) if info.is_main else None
     try:
-        return _train(cfg, info, resume=resume, command=command, stop_after=stop_after, progress=progress)
+        return _train(cfg, info, lock, resume=resume, command=command, stop_after=stop_after, progress=progress)
     finally:
+        if lock is not None:
+            lock.release()
         D.cleanup(info)
 
 
-def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, progress) -> TrainResult:
+def _train(cfg: TrainConfig, info: D.DistInfo, lock: RunLock | None, *, resume, command, stop_after,
+           progress) -> TrainResult:
     from tqdm import tqdm
 
     from perceptsr.checkpoint import CheckpointSaver, capture_rng_state, restore_rng_state
@@ -223,15 +267,22 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed)  # same model initialisation on every rank
 
-    # --- run directory (rank 0 writes) -------------------------------------------------------
-    run_dir, checkpoint = _prepare_run_dir(cfg, resume)
+    # --- run directory (rank 0 writes, holding the run lock) ----------------------------------
+    _lock_run_dir(lock, info)
+    run_dir, checkpoint, changes = _prepare_run_dir(cfg, resume)
+    stale = []
     if info.is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        stale = CheckpointSaver(run_dir / "checkpoints").remove_stale()  # crashed saves; ours to remove
         dump_config(cfg, run_dir / "config.yml")
         with open(run_dir / "command.txt", "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {command or ' '.join(sys.argv)}\n")
     D.barrier(info)
     log = RunLog(run_dir, enabled=info.is_main, console=progress)
+    if stale:
+        log.info(f"removed {len(stale)} temp file(s) of an interrupted save: {', '.join(p.name for p in stale)}")
+    for change in changes.lines:
+        log.info(f"resume: applying a changed setting: {change}")
 
     # --- model, objective, EMA ---------------------------------------------------------------
     objective_cls = objective_class(cfg.objective.type)
@@ -254,7 +305,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
 
     saver = None
     best_name, higher_better = objective.best_metric  # the first validated value, e.g. ("psnr", True)
-    if info.is_main:  # rank 0 first: the saver tidies temp folders left by a crash
+    if info.is_main:
         saver = CheckpointSaver(run_dir / "checkpoints", keep_last=loop.keep_last, best_metric=best_name,
                                 mode="max" if higher_better else "min")
 
@@ -262,7 +313,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
     start, skipped, consecutive, val_metrics, best_value = 0, 0, 0, {}, -math.inf  # best_value: sign-adjusted
     rng_to_restore = None
     if checkpoint is not None:
-        state = _restore(saver or CheckpointSaver(checkpoint.parent), checkpoint, models, ema, objective, trained)
+        state = _restore(saver or CheckpointSaver(checkpoint.parent), checkpoint, models, ema, objective, trained,
+                         keep_config_lr=changes.learning_rate)
         start = int(state["iteration"])
         skipped = int(state.get("skipped_steps", 0))
         consecutive = int(state.get("consecutive_skips", 0))
@@ -291,6 +343,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
     else:
         seed_everything(cfg.seed + info.rank)
 
+    bad_files = getattr(dataset, "bad_files", None)
+    if bad_files:
+        log.info(f"data.train.skip_bad: skipped {len(bad_files)} training image(s): "
+                 + "; ".join(reason for _, reason in bad_files))
     n_params = sum(p.numel() for p in generator.parameters())
     log.info(
         f"training {cfg.name}: {cfg.model.arch} ({n_params / 1e6:.3f}M params), objective {cfg.objective.type}, "
@@ -402,6 +458,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                             val_metrics.update({f"{prefix}{k}": v for k, v in own.items()})
                         else:
                             val_metrics.update(validator(eval_model, prefix=prefix, step=iteration))
+                    val_metrics = objective.summarize_validation(val_metrics)  # may put a summary value first
                     log.scalars(val_metrics, iteration)
                     log.info(f"validation @ {iteration} ({time.perf_counter() - t0:.1f} s, "
                              f"{'EMA' if ema is not None else 'raw'} weights): {_format(val_metrics)}")
@@ -428,6 +485,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                 break
     except PerceptsrError as exc:
         log.info(f"error: {exc}")
+        if log.writer is not None:
+            log.writer.add_text("error", str(exc), iteration)
         raise
     except KeyboardInterrupt:
         log.info(f"interrupted at iteration {iteration}; the last checkpoint is {last_checkpoint or 'none'} "
@@ -442,7 +501,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, *, resume, command, stop_after, p
                        ema.module if ema is not None else None)
 
 
-def _restore(saver, checkpoint: Path, models: dict, ema: ModelEMA | None, objective: Objective, trained: str) -> dict:
+def _restore(saver, checkpoint: Path, models: dict, ema: ModelEMA | None, objective: Objective, trained: str,
+             keep_config_lr: bool = False) -> dict:
+    """Load the checkpoint into the networks, EMA, optimisers, schedules and objective. With
+    ``keep_config_lr`` the base learning rates of the config (a changed ``lr`` on resume) replace
+    the restored ones; the optimisers' other state is kept."""
     state = saver.restore(
         checkpoint,
         models={name: entry[0] for name, entry in models.items()},
@@ -455,7 +518,11 @@ def _restore(saver, checkpoint: Path, models: dict, ema: ModelEMA | None, object
     if missing:
         raise CheckpointError(f"{checkpoint}: training state has no optimizer state for {missing}")
     for name, opt in optimizers.items():
+        config_lrs = [group.get("initial_lr", group["lr"]) for group in opt.param_groups]
         opt.load_state_dict(state["optimizers"][name])
+        if keep_config_lr:
+            for group, lr in zip(opt.param_groups, config_lrs):
+                group["initial_lr" if "initial_lr" in group else "lr"] = lr
     for name, sched in objective.schedulers().items():
         if name in state.get("schedulers", {}):
             sched.load_state_dict(state["schedulers"][name])
