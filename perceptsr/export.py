@@ -50,7 +50,7 @@ from perceptsr import __version__
 from perceptsr.checkpoint.atomic import atomic_write
 from perceptsr.checkpoint.legacy import first_line
 from perceptsr.errors import ConfigError, ExportError
-from perceptsr.inference import _input_multiple, _model_in_channels
+from perceptsr.inference import input_multiple, model_in_channels
 
 __all__ = ["DEFAULT_OPSET", "FP16_TOLERANCE", "FP32_TOLERANCE", "ExportCheck", "ExportReport", "export_onnx",
            "export_multiple"]
@@ -106,7 +106,7 @@ def export_multiple(model: nn.Module) -> int:
     """The side multiple the exported graph pads to: the architecture's input rule, or the window
     size of networks that pad to their windows themselves (SwinIR)."""
     own = getattr(model, "window_size", 1) if callable(getattr(model, "pad_to_window", None)) else 1
-    return max(_input_multiple(model), int(own))
+    return max(input_multiple(model), int(own))
 
 
 def _require_runtime():
@@ -192,7 +192,7 @@ def export_onnx(
         model = load_model(model)
     meta = getattr(model, "perceptsr_meta", None) or {}
     net = copy.deepcopy(model).float().cpu().eval()
-    channels, k = _model_in_channels(model), export_multiple(model)
+    channels, k = model_in_channels(model), export_multiple(model)
     side = max(16, 4 * k)
     trace = torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -51,6 +51,8 @@ __all__ = [
     "AutoTile",
     "UpscaleSummary",
     "auto_tile_size",
+    "input_multiple",
+    "model_in_channels",
     "upscale_image",
     "upscale_path",
     "upscale_tensor",
@@ -114,7 +116,7 @@ def _meta_scale(model: nn.Module) -> int:
     return int(meta["scale"])
 
 
-def _input_multiple(model: nn.Module) -> int:
+def input_multiple(model: nn.Module) -> int:
     """Side multiple the model needs: ``perceptsr_meta['input_multiple']`` or attribute
     ``input_multiple`` if present, else its architecture spec's rule (e.g. RRDBNet x2/x1
     pixel-unshuffle their input), else 1."""
@@ -307,7 +309,7 @@ def upscale_tensor(
         if _model_device(model, device) != device:
             model.to(device)
     h, w = x.shape[-2:]
-    multiple = _input_multiple(model)
+    multiple = input_multiple(model)
     x = _pad_to_multiple(x, multiple)
     was_training = model.training
     model.eval()
@@ -353,7 +355,7 @@ def _run_auto(model, x, scale, state: AutoTile, pad, batch_size, device, dtype, 
 # --------------------------------------------------------------------------- images
 
 
-def _model_in_channels(model: nn.Module) -> int:
+def model_in_channels(model: nn.Module) -> int:
     """Image channels the model takes: from ``perceptsr_meta`` (top level or ``arch_kwargs``) or the
     model's ``num_in_ch`` / ``in_nc`` attribute; 3 if nothing says otherwise."""
     meta = getattr(model, "perceptsr_meta", None) or {}
@@ -415,7 +417,7 @@ def upscale_image(
     gray = color.shape[2] == 1
 
     t = torch.from_numpy(np.ascontiguousarray(color.transpose(2, 0, 1)))[None]
-    if gray and _model_in_channels(model) == 3:
+    if gray and model_in_channels(model) == 3:
         t = t.expand(-1, 3, -1, -1)
     scale = _meta_scale(model) if scale is None else int(scale)
     sr = upscale_tensor(

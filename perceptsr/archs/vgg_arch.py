@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from perceptsr.errors import AssetError, CheckpointError
+from perceptsr.state_dicts import key_report
 
 __all__ = [
     "ARCHS",
@@ -193,8 +194,6 @@ def load_backbone_weights(
     backbone: FeatureBackbone, state_dict: Mapping[str, torch.Tensor], source: str = "state dict"
 ) -> None:
     """Load ``features.*`` tensors strictly; on any mismatch raise ``CheckpointError`` naming every key."""
-    from perceptsr.checkpoint.keys import key_report
-
     expected = backbone.state_dict()
     report = key_report(expected, state_dict, what=f"{source} does not match the {backbone.arch} features backbone",
                         labels=("model", "file"), limit=None)

@@ -6,7 +6,7 @@
   ``torch.load(weights_only=True)`` only, and the state dicts inside their wrappers;
 * :mod:`~perceptsr.checkpoint.layouts`: legacy key layouts and architecture detection, asked of
   the architecture specs (:mod:`perceptsr.archs`);
-* :mod:`~perceptsr.checkpoint.keys`: prefix stripping and :func:`key_report`, the one
+* :mod:`~perceptsr.state_dicts`: prefix stripping and :func:`key_report`, the one
   missing/unexpected/mis-shaped key report;
 * :mod:`~perceptsr.checkpoint.loading`: strict loading (:func:`load_model`, :func:`load_pretrained`,
   :func:`load_state_dict_strict`);
@@ -21,7 +21,7 @@ from perceptsr.checkpoint.atomic import atomic_write
 from perceptsr.checkpoint.format import (
     FORMAT_VERSION, META_KEY, RAW_PREFIX, LoadedCheckpoint, read_checkpoint, save_model,
 )
-from perceptsr.checkpoint.keys import key_report, strip_prefixes
+from perceptsr.state_dicts import key_report, strip_prefixes
 from perceptsr.checkpoint.layouts import convert_state_dict, detect_arch
 from perceptsr.checkpoint.loading import load_model, load_pretrained, load_state_dict_strict, read_state_dict
 from perceptsr.checkpoint.saver import CheckpointSaver

@@ -29,7 +29,7 @@ from torch import nn
 
 from perceptsr import __version__
 from perceptsr.checkpoint.atomic import atomic_write
-from perceptsr.checkpoint.keys import listing, strip_prefixes
+from perceptsr.state_dicts import listing, strip_prefixes
 from perceptsr.checkpoint.legacy import WRAPPER_KEYS, first_line, torch_load, weight_sets
 from perceptsr.errors import CheckpointError
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from perceptsr.archs import arch_specs
-from perceptsr.checkpoint.keys import MAX_LISTED, strip_prefixes
+from perceptsr.state_dicts import MAX_LISTED, strip_prefixes
 from perceptsr.errors import CheckpointError
 
 __all__ = ["convert_state_dict", "detect_arch"]

@@ -1,5 +1,5 @@
 """Loading weights into networks: strictly, with every mismatch reported key by key
-(:func:`perceptsr.checkpoint.keys.key_report`), from any supported file."""
+(:func:`perceptsr.state_dicts.key_report`), from any supported file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from perceptsr.archs import build_arch, get_arch
 from perceptsr.checkpoint.format import read_checkpoint, scale_of
-from perceptsr.checkpoint.keys import key_report
+from perceptsr.state_dicts import key_report
 from perceptsr.checkpoint.layouts import convert_state_dict, detect_arch
 from perceptsr.errors import CheckpointError, ConfigError
 

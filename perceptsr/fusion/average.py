@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from perceptsr.checkpoint.format import unwrap_module
-from perceptsr.checkpoint.keys import listing
+from perceptsr.state_dicts import listing
 from perceptsr.errors import ConfigError
 from perceptsr.fusion.network import DynamicNetwork
 

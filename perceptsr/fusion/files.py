@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from perceptsr.checkpoint.keys import listing
+from perceptsr.state_dicts import listing
 from perceptsr.errors import ConfigError
 
 __all__ = [

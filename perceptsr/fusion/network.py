@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from perceptsr.checkpoint.format import unwrap_module
-from perceptsr.checkpoint.keys import key_report, listing
+from perceptsr.state_dicts import key_report, listing
 from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.fusion.files import member_files
 from perceptsr.fusion.layers import (

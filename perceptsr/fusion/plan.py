@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from perceptsr.errors import CheckpointError, ConfigError
-from perceptsr.checkpoint.keys import key_report, listing
+from perceptsr.state_dicts import key_report, listing
 from perceptsr.fusion.layers import DYNAMIC_CLASSES, LAYER_TYPES
 
 __all__ = ["StateDict", "ExpertLike", "Plan", "STATIC_POLICIES", "static_vector", "plan_layers", "make_template",

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from perceptsr.checkpoint.keys import listing
+from perceptsr.state_dicts import listing
 from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.fusion.average import average_fusion_weights, output_gap
 from perceptsr.fusion.files import FUSION_ARCH, save_fused_model

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from perceptsr.checkpoint.keys import key_report, listing
+from perceptsr.state_dicts import key_report, listing
 from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.fusion.files import FUSION_WEIGHTS_FILE, load_fusion_weights, member_files
 from perceptsr.fusion.layers import as_vector

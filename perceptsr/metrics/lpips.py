@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from perceptsr.archs.vgg_arch import FeatureExtractor, resolve_weights_path
-from perceptsr.checkpoint.keys import key_report
+from perceptsr.state_dicts import key_report
 from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.metrics.base import Metric
 
