@@ -39,10 +39,22 @@ def toy_levels(tmp_path_factory):
     return write_levels(tmp_path_factory.mktemp("levels"), 3, flat_right=96)
 
 
+def _matlab_grid(h: int, w: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """generate_rankdataset.m's loops ``for i = 1:stride:h-size`` / ``for j = 1:stride:w-size`` (1-based
+    tops, the last one <= h - size), as 0-based corners."""
+    return [(i - 1, j - 1) for i in range(1, h - size + 1, stride) for j in range(1, w - size + 1, stride)]
+
+
 def test_patch_grid_is_the_release_grid():
     assert len(patch_grid(1356, 2040, 296, 148)) == 8 * 12  # spec §2.2: a 2040x1356 image gives 96
-    assert patch_grid(300, 444, 296, 148) == [(0, 0), (0, 148)]
+    # 444 - 296 = 148 is a multiple of the stride: MATLAB's 1:148:148 is just 1, no patch at left 148
+    assert patch_grid(300, 444, 296, 148) == [(0, 0)]
+    assert patch_grid(296, 296, 296, 148) == []  # MATLAB's 1:148:0 is empty
+    assert patch_grid(297, 297, 296, 148) == [(0, 0)]
     assert patch_grid(295, 1000, 296, 148) == []
+    for h, w in ((592, 740), (593, 741), (1356, 2040), (64, 96), (65, 200)):
+        for size, stride in ((296, 148), (64, 32), (64, 64)):
+            assert patch_grid(h, w, size, stride) == _matlab_grid(h, w, size, stride), (h, w, size, stride)
 
 
 def _sharpness_reference(patch: np.ndarray) -> float:
@@ -79,11 +91,12 @@ def test_build_alignment_filters_split_and_labels(toy_levels, tmp_path):
     out = tmp_path / "rank"
     summary = build_rank_dataset(_levels(toy_levels), out, RankDataOptions(**TOY), progress=False)
     names = list(BLURS)
-    # grid on 192x240 with 64/32: 5 x 6 locations per image; the right 96 columns are flat, so the
-    # patches at left 128 (a quarter textured, sharpness ~1.6) and 160 (flat, 0) fail the threshold 3
+    # grid on 192x240 with 64/32: 4 x 6 locations per image (tops 0..96: MATLAB's 1:32:128 stops at
+    # 97); the right 96 columns are flat, so the patches at left 128 (a quarter textured, sharpness
+    # ~1.6) and 160 (flat, 0) fail the threshold 3
     assert summary["complete"] and summary["images"] == 3
-    assert summary["filters"]["candidates"] == 3 * 30
-    assert summary["filters"]["textured"] == 3 * 20
+    assert summary["filters"]["candidates"] == 3 * 24
+    assert summary["filters"]["textured"] == 3 * 16
     records = _records(out)
     for r in records:
         assert {left for _, left in r["locations"]} == {0, 32, 64, 96}
@@ -205,7 +218,7 @@ def test_niqe_labels_use_the_pirm_protocol(assets_dir, tmp_path):
 
     from perceptsr.metrics import create_metric
 
-    folders = write_levels(tmp_path / "lv", 1, size=(296, 296))
+    folders = write_levels(tmp_path / "lv", 1, size=(300, 300))  # a 296-px image gives no patch
     summary = build_rank_dataset(_levels(folders), tmp_path / "out", RankDataOptions(valid_fraction=0.0),
                                  progress=False, device="cpu")
     assert summary["filters"]["kept"] == 1 and summary["label"]["transform"] == "none"
@@ -236,10 +249,83 @@ def test_cli_with_bicubic_and_hr_levels(tmp_path, capsys):
                  "--preset", "pirm", "--texture-threshold", "0", "--min-gap", "0",
                  "--valid-fraction", "0", "--quiet"])
     assert code == 0
-    assert "triplets: 12 train, 0 valid" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "triplets: 4 train, 0 valid" in printed  # 128x192 with 64/64: tops 0, lefts 0 and 64
+    assert "label order hr < other < bicubic:" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert [lv["name"] for lv in summary["levels"]] == ["hr", "other", "bicubic"]
     assert summary["texture_level"] == "other" and summary["gap_levels"] == ["other", "bicubic"]
     assert len(list((out / "levels" / "bicubic").glob("*.png"))) == 2
     shutil.rmtree(out / "train_patch_hr")
     assert main(["rank-data", "--out", str(out), "--level", f"a={sr}"]) == 1  # one level only: clear error
+
+
+def test_a_failed_device_run_does_not_poison_the_next_cpu_run(toy_levels, tmp_path):
+    # issue 10: the in-process worker state kept the failure of a CUDA run, and the next CPU call in
+    # the same process raised that same error again
+    opts = RankDataOptions(**TOY)
+    with pytest.raises(PerceptsrError, match=r"cannot set up metric 'toy_blur' on device 'cuda:99'"):
+        build_rank_dataset(_levels(toy_levels), tmp_path / "out", opts, progress=False, device="cuda:99")
+    summary = build_rank_dataset(_levels(toy_levels), tmp_path / "out", opts, progress=False, device="cpu")
+    assert summary["complete"] and summary["images"] == 3
+    reference = build_rank_dataset(_levels(toy_levels), tmp_path / "ref", opts, progress=False, device="cpu")
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "ref")
+
+
+def test_valid_split_is_exactly_int_fraction_of_the_triplets(toy_levels, tmp_path):
+    from perceptsr.ranksrgan import valid_count
+
+    assert valid_count(0.1, 35) == 3 and valid_count(0.29, 100) == 29 and valid_count(0.1, 9) == 0
+    draws = {}
+    for seed in (0, 1, 2):
+        opts = RankDataOptions(**{**TOY, "valid_fraction": 0.3, "seed": seed})
+        out = tmp_path / f"s{seed}"
+        summary = build_rank_dataset(_levels(toy_levels), out, opts, progress=False)
+        total = summary["triplets"]["train"] + summary["triplets"]["valid"]
+        want = int(0.3 * total)  # 14 of 48; a coin per triplet gives 14 +- 3
+        assert summary["triplets"]["valid"] == want, (seed, summary["triplets"])
+        valid_lines = (out / "valid_label.txt").read_text().splitlines()
+        valid_ids = {int(line.split("_")[0]) for line in valid_lines}
+        assert len(valid_ids) == want and len(valid_lines) == 3 * want
+        assert {int(p.name.split("_")[0]) for p in (out / "valid_patch_all").iterdir()} == valid_ids
+        for level in BLURS:
+            train_ids = {int(p.name.split("_")[0]) for p in (out / f"train_patch_{level}").iterdir()}
+            assert train_ids == set(range(1, total + 1)) - valid_ids
+        draws[seed] = valid_ids
+    assert len({frozenset(v) for v in draws.values()}) == 3  # a seeded random subset, not the first or last
+    again = build_rank_dataset(_levels(toy_levels), tmp_path / "again", RankDataOptions(**{**TOY, "valid_fraction": 0.3}),
+                               progress=False)
+    assert again["triplets"]["valid"] == 14 and _tree(tmp_path / "again") == _tree(tmp_path / "s0")
+
+    # drawn once the dataset is complete (as move_valid.py after the cut): until then all is train
+    part = build_rank_dataset(_levels(toy_levels), tmp_path / "part", RankDataOptions(**{**TOY, "valid_fraction": 0.3}),
+                              progress=False, stop_after=2)
+    assert part["triplets"] == {"train": 32, "valid": 0} and not (tmp_path / "part" / "valid_patch_all").exists()
+    build_rank_dataset(_levels(toy_levels), tmp_path / "part", RankDataOptions(**{**TOY, "valid_fraction": 0.3}),
+                       progress=False)
+    assert _tree(tmp_path / "part") == _tree(tmp_path / "s0")
+
+
+def test_summary_reports_filters_and_level_consistency(tmp_path):
+    """HR / soft / blurry levels where the two SR levels are swapped in one image of three."""
+    folders = write_levels(tmp_path / "lv", 3)
+    soft, blurry = tmp_path / "mixed_soft", tmp_path / "mixed_blurry"
+    for i in range(3):
+        swap = i == 1
+        write_image(soft / f"img{i}.png", read_u8(folders["blurry" if swap else "soft"] / f"img{i}.png"))
+        write_image(blurry / f"img{i}.png", read_u8(folders["soft" if swap else "blurry"] / f"img{i}.png"))
+    levels = [RankLevel("hr", str(folders["sharp"]), hr=True), RankLevel("soft", str(soft)), RankLevel("blurry", str(blurry))]
+    opts = RankDataOptions(**{**TOY, "texture_threshold": 0.0, "valid_fraction": 0.0})
+    summary = build_rank_dataset(levels, tmp_path / "out", opts, progress=False)
+    assert summary["texture_level"] == "soft" and summary["gap_levels"] == ["soft", "blurry"]
+    assert summary["filters"] == {"candidates": 72, "textured": 72, "gap": 72, "kept": 72}
+    c = summary["consistency"]
+    assert c["order"] == ["hr", "soft", "blurry"] and c["triplets"] == 72
+    assert c["ordered"] == pytest.approx(2 / 3)
+    assert c["pairs"] == {"hr<soft": 1.0, "hr<blurry": 1.0, "soft<blurry": pytest.approx(2 / 3)}
+    assert c["best"] == {"hr": 72, "soft": 0, "blurry": 0}
+    assert c["worst"] == {"hr": 0, "soft": 24, "blurry": 48}
+    labels = {name: [float(line.split()[1]) for line in (tmp_path / "out" / "train_label.txt").read_text().splitlines()
+                     if line.split("_", 1)[1].startswith(name + ".")] for name in c["order"]}
+    assert c["mean_label"] == {name: pytest.approx(np.mean(v)) for name, v in labels.items()}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["consistency"] == c

@@ -1,8 +1,11 @@
 """RankSRGAN stage 2: pair sampling, the margin-ranking and regression losses, ordering accuracy and
-rank correlations, and Ranker training through the engine (validation, best checkpoint, resume)."""
+rank correlations, Ranker training through the engine (validation, best checkpoint, resume), the
+pair-forward and rank-content BatchNorm effects of issue 10 on toy data, and reading a folder laid
+out as the RankSRGAN release's."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -10,23 +13,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _rank_toy import write_levels
+from _rank_toy import BLURS, read_u8, texture, toy_label, write_levels
 from scipy import stats
 
+from perceptsr.archs import build_arch
 from perceptsr.config import config_from_dict, TrainConfig, load_config
+from perceptsr.data.io import write_image
 from perceptsr.errors import ConfigError
 from perceptsr.ranksrgan import (
+    RankContentConfig,
+    RankContentLoss,
     RankDataOptions,
     RankerObjectiveConfig,
+    RankGroups,
     RankLevel,
     RankPairDataset,
     build_rank_dataset,
+    evaluate_ranker,
     pairwise_accuracy,
     rank_correlations,
     ranking_loss,
     regression_loss,
 )
+from perceptsr.ranksrgan.datasets import load_patch
+from perceptsr.ranksrgan.evaluation import location_correlations
+from perceptsr.train.context import RunContext, Runtime
 from perceptsr.train.engine import train
+from perceptsr.train.objectives import build_objective
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,14 +120,16 @@ def test_pair_dataset_is_seeded_and_oversamples_the_hard_pair(rank_dir):
 def test_ranker_training_learns_the_toy_order(rank_dir, tmp_path):
     result = train(make_cfg(rank_dir, tmp_path, iterations=40, swap_order=True), progress=False)
     m = result.val_metrics
-    assert list(m)[0] == "val/srocc"
+    assert list(m)[0] == "val/accuracy"  # the best-checkpoint metric first: the release's criterion
     assert m["val/srocc"] > 0.7 and m["val/accuracy"] > 0.8, m
-    assert set(m) == {"val/srocc", "val/kendall", "val/accuracy", "val/hard_accuracy"}
+    assert set(m) == {"val/srocc", "val/kendall", "val/accuracy", "val/hard_accuracy", "val/location_srocc",
+                      "val/location_kendall"}
     manifest = json.loads((result.last_checkpoint / "manifest.json").read_text())
-    assert manifest["metric_name"] == "srocc" and manifest["metric"] == pytest.approx(m["val/srocc"])
+    assert manifest["metric_name"] == "accuracy" and manifest["metric"] == pytest.approx(m["val/accuracy"])
     assert manifest["metrics"]["kendall"] == pytest.approx(m["val/kendall"])
+    assert manifest["metrics"]["location_srocc"] == pytest.approx(m["val/location_srocc"])
     pointer = json.loads((tmp_path / "ranker" / "checkpoints" / "latest.json").read_text())
-    assert pointer["best"]["name"] == "srocc" and pointer["best"]["mode"] == "max"
+    assert pointer["best"]["name"] == "accuracy" and pointer["best"]["mode"] == "max"
     assert list((tmp_path / "ranker" / "tb").glob("events.*"))
     from perceptsr.checkpoint import load_model
 
@@ -186,3 +201,160 @@ def test_rank_dir_and_its_older_spelling(rank_dir, tmp_path):
     both = config_from_dict(TrainConfig, {**plain, "data": {"train": {**plain["data"]["train"], "hr_dir": str(tmp_path)}}})
     with pytest.raises(ConfigError, match="give only objective.rank_dir"):
         train(both, progress=False)
+
+
+# -- issue 10: pair forward, rank-content BatchNorm, best-checkpoint criterion, release folders --------
+
+SEEDS = (0, 1, 2)
+_PATCHES: dict[Path, torch.Tensor] = {}
+
+
+def _cached_patch(path: Path) -> torch.Tensor:
+    """:func:`load_patch`, each file decoded once per test session (PNG decoding dominates a toy step)."""
+    if path not in _PATCHES:
+        _PATCHES[path] = load_patch(path)
+    return _PATCHES[path]
+
+
+def _train_toy(rank_dir: Path, seed: int, iterations: int, **objective) -> torch.nn.Module:
+    """A toy Ranker trained by the ranker objective's own ``step`` (no engine, so fast): batches of 8
+    pairs in a seeded order. Returns the network."""
+    from perceptsr.ranksrgan import datasets
+
+    plain = _plain(make_cfg(rank_dir, rank_dir.parent / "unused", iterations=iterations, **objective))
+    cfg = config_from_dict(TrainConfig, {**plain, "seed": seed})
+    torch.manual_seed(seed)
+    net = build_arch("ranker", depth=8, nf=8)
+    obj = build_objective(net, cfg, RunContext(Runtime(device=torch.device("cpu"))))
+    data, order = obj.train_dataset(), np.random.default_rng(seed)
+    it = epoch = 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets, "load_patch", _cached_patch)
+        while it < iterations:
+            perm = order.permutation(len(data))
+            for start in range(0, len(perm) - 7, 8):
+                items = [data[(epoch, int(j))] for j in perm[start : start + 8]]
+                obj.step({k: torch.stack([x[k] for x in items]) for k in items[0]}, it + 1)
+                it += 1
+                if it == iterations:
+                    break
+            epoch += 1
+    return net
+
+
+def test_default_pair_forward_learns_where_the_release_order_fails(rank_dir):
+    # the release: better level always first, two forward passes (BatchNorm statistics per side);
+    # the default: one pass over cat([x1, x2]). Measured here (24 iterations, seeds 0-2): valid
+    # accuracy 0.0 / 0.75 / 0.0 the release's way, 1.0 for each seed by default
+    assert RankerObjectiveConfig().pair_forward == "joint" and not RankerObjectiveConfig().swap_order
+    valid = RankGroups(rank_dir, "valid")
+    default = [evaluate_ranker(_train_toy(rank_dir, seed, 24), valid, "cpu") for seed in SEEDS]
+    release = [evaluate_ranker(_train_toy(rank_dir, seed, 24, pair_forward="separate", swap_order=False), valid, "cpu")
+               for seed in SEEDS]
+    acc_default, acc_release = [m["accuracy"] for m in default], [m["accuracy"] for m in release]
+    assert min(acc_default) >= 0.9 and min(m["srocc"] for m in default) >= 0.8, default
+    assert np.mean(acc_default) - np.mean(acc_release) >= 0.3, (acc_default, acc_release)
+    # the other fix stays available: separate passes with pairs swapped at random
+    swapped = evaluate_ranker(_train_toy(rank_dir, 0, 24, pair_forward="separate", swap_order=True), valid, "cpu")
+    assert swapped["accuracy"] >= 0.9, swapped
+
+
+@pytest.fixture(scope="module")
+def toy_ranker(rank_dir):
+    return _train_toy(rank_dir, 0, 60)
+
+
+def test_rank_content_loss_sees_batch_quality_only_in_eval_mode(rank_dir, toy_ranker):
+    # issue 10: in train mode BatchNorm normalises a batch of one quality level by its own statistics,
+    # so all-sharp, all-soft and all-blurry batches get nearly the same loss; eval mode orders them
+    assert RankContentConfig(checkpoint="r.safetensors").bn_mode == "eval"
+    valid = RankGroups(rank_dir, "valid")
+    batches = {level: torch.stack([load_patch(p) for g in valid.groups for lv, p, _ in g if lv == level][:8])
+               for level in BLURS}
+
+    def per_image(**kw) -> list[float]:
+        return [float(RankContentLoss(copy.deepcopy(toy_ranker), weight=1.0, **kw)(batches[lv])) / 8 for lv in BLURS]
+
+    eval_mode, train_mode = per_image(), per_image(bn_mode="train")
+    assert eval_mode[0] < eval_mode[1] < eval_mode[2], eval_mode  # sharp < soft < blurry
+    spread = eval_mode[2] - eval_mode[0]
+    assert spread > 0.05, eval_mode
+    assert max(train_mode) - min(train_mode) < 0.1 * spread, (train_mode, eval_mode)
+
+
+def test_location_correlations_and_the_default_best_metric():
+    assert RankerObjectiveConfig().best_metric == "accuracy"
+    # labels that differ mostly with content (location); a Ranker that follows the content but
+    # reverses the levels at every location still gets a global SROCC of 0.8
+    labels = [1.0, 1.2, 1.4, 4.0, 4.2, 4.4, 7.0, 7.2, 7.4]
+    groups = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    content = [1.4, 1.2, 1.0, 4.4, 4.2, 4.0, 7.4, 7.2, 7.0]
+    assert rank_correlations(content, labels)["srocc"] == pytest.approx(0.8)
+    assert pairwise_accuracy(content, labels, groups) == 0.0
+    assert location_correlations(content, labels, groups) == {"location_srocc": -1.0, "location_kendall": -1.0}
+    # per group as scipy computes it (ties included), averaged; a group with constant scores is left out
+    scores = [0.3, 0.1, 0.2, 5.0, 5.0, 6.0, 1.0, 2.0, 2.0, 3.0, 3.0, 3.0]
+    labels = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 3.0, 1.0, 2.0, 1.0, 2.0, 3.0]
+    groups = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    got = location_correlations(scores, labels, groups)
+    ref = [(stats.spearmanr([scores[i] for i in g], [labels[i] for i in g])[0],
+            stats.kendalltau([scores[i] for i in g], [labels[i] for i in g])[0]) for g in groups[:3]]
+    assert got["location_srocc"] == pytest.approx(np.mean([r[0] for r in ref]), abs=1e-12)
+    assert got["location_kendall"] == pytest.approx(np.mean([r[1] for r in ref]), abs=1e-12)
+    assert math.isnan(location_correlations([1.0, 1.0], [1.0, 2.0], [[0, 1]])["location_srocc"])
+
+
+RELEASE_SIGMAS = {"esrgan": 0.0, "srgan": 1.0, "srres": 2.5}
+
+
+def _write_release_folder(root: Path, n_train: int = 10, n_valid: int = 3) -> None:
+    """A rank dataset as the release's scripts leave it (spec §2.5-2.7): ``DF2K_train_patch_<level>/
+    <n>_<level>.png``, the valid split merged in ``DF2K_test_patch_all/``, label files
+    ``DF2K_{train,test}_patch_label.txt`` with ``<n>_<level>.png <score, 6 decimals>`` lines in the
+    order srres, srgan, esrgan; no summary.json."""
+    from scipy.ndimage import gaussian_filter
+
+    for split, ids in (("train", range(1, n_train + 1)), ("test", range(n_train + 1, n_train + n_valid + 1))):
+        lines = []
+        for n in ids:
+            base = texture(64, 64, seed=n)
+            for level in ("srres", "srgan", "esrgan"):
+                sigma = RELEASE_SIGMAS[level]
+                img = gaussian_filter(base, (sigma, sigma, 0), mode="nearest") if sigma else base
+                folder = root / (f"DF2K_train_patch_{level}" if split == "train" else "DF2K_test_patch_all")
+                write_image(folder / f"{n}_{level}.png", np.clip(img, 0, 1))
+                lines.append(f"{n}_{level}.png {toy_label(read_u8(folder / f'{n}_{level}.png')):.6f}\n")
+        (root / f"DF2K_{split}_patch_label.txt").write_text("".join(lines))
+
+
+def test_release_layout_folders_are_read(tmp_path):
+    root = tmp_path / "DF2K"
+    _write_release_folder(root)
+    train_groups = RankGroups(root, "train")
+    assert train_groups.levels == ["esrgan", "srgan", "srres"] and train_groups.hard_pair == ("esrgan", "srgan")
+    assert train_groups.ids == list(range(1, 11))
+    for n, group in zip(train_groups.ids, train_groups.groups):
+        assert [(lv, p.relative_to(root).as_posix()) for lv, p, _ in group] == \
+            [(lv, f"DF2K_train_patch_{lv}/{n}_{lv}.png") for lv in RELEASE_SIGMAS]
+        assert group[0][2] < group[1][2] < group[2][2]  # esrgan best: the toy metric agrees
+    valid = RankGroups(root, "valid")  # the release's Ranker config names its valid files *_test_*
+    assert valid.ids == [11, 12, 13] and {p.parent.name for g in valid.groups for _, p, _ in g} == {"DF2K_test_patch_all"}
+    item = RankPairDataset(root, hard_pair_weight=3.0)[(0, 0)]
+    assert item["img1"].shape == (3, 64, 64) and float(item["score1"]) < float(item["score2"])
+
+    result = train(make_cfg(root, tmp_path / "runs", iterations=2), progress=False)  # objective.rank_dir: the folder
+    assert 0.0 <= result.val_metrics["val/accuracy"] <= 1.0 and "val/hard_accuracy" in result.val_metrics
+
+    # move_valid.py's own folders (DF2K_valid_patch_<level>/) with a *_valid_patch_label.txt read too
+    for g in valid.groups:
+        for level, path, _ in g:
+            (root / f"DF2K_valid_patch_{level}").mkdir(exist_ok=True)
+            path.rename(root / f"DF2K_valid_patch_{level}" / path.name)
+    (root / "DF2K_test_patch_label.txt").rename(root / "DF2K_valid_patch_label.txt")
+    again = RankGroups(root, "valid")
+    assert again.ids == [11, 12, 13] and again.groups[0][0][1].parent.name == "DF2K_valid_patch_esrgan"
+    (root / "DF2K_test_patch_label.txt").write_text("")
+    with pytest.raises(ConfigError, match="several label files.*DF2K_test_patch_label.txt, DF2K_valid_patch_label.txt"):
+        RankGroups(root, "valid")
+    with pytest.raises(ConfigError, match=r"no extra_label.txt .* nor \*_extra_patch_label.txt"):
+        RankGroups(root, "extra")

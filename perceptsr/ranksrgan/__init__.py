@@ -1,6 +1,7 @@
 """RankSRGAN (spec ``shared/specs/ranksrgan.md``) in three stages, one module per job:
 
 - :mod:`~perceptsr.ranksrgan.rank_data`: stage 1, the rank dataset (``perceptsr rank-data``);
+- :mod:`~perceptsr.ranksrgan.consistency`: how consistent its labels are with the levels' order;
 - :mod:`~perceptsr.ranksrgan.datasets`: the rank dataset read back as locations and Siamese pairs;
 - :mod:`~perceptsr.ranksrgan.losses`: margin-ranking / regression losses, the rank-content loss;
 - :mod:`~perceptsr.ranksrgan.evaluation`: ordering accuracy and rank correlations of a Ranker;
@@ -11,6 +12,7 @@ Importing the package registers the schemas and the objectives.
 """
 
 from perceptsr.ranksrgan.config import RankContentConfig, RankerObjectiveConfig, RankSRGANObjectiveConfig
+from perceptsr.ranksrgan.consistency import format_consistency, level_consistency
 from perceptsr.ranksrgan.datasets import RankGroups, RankPairDataset, read_rank_labels
 from perceptsr.ranksrgan.evaluation import evaluate_ranker, pairwise_accuracy, rank_correlations
 from perceptsr.ranksrgan.losses import RankContentLoss, ranking_loss, regression_loss
@@ -24,6 +26,7 @@ from perceptsr.ranksrgan.rank_data import (
     patch_grid,
     prepare_level,
     sharpness,
+    valid_count,
 )
 
 __all__ = [
@@ -33,11 +36,14 @@ __all__ = [
     "RankDataOptions",
     "RankLevel",
     "build_rank_dataset",
+    "format_consistency",
     "label_patches",
     "label_transform",
+    "level_consistency",
     "patch_grid",
     "prepare_level",
     "sharpness",
+    "valid_count",
     "RankGroups",
     "RankPairDataset",
     "read_rank_labels",

@@ -10,12 +10,19 @@ from perceptsr.config import GANObjectiveConfig, ModelConfig, ObjectiveConfig, c
 
 @dataclass(frozen=True)
 class RankContentConfig:
-    """RankSRGAN's rank-content loss ``weight * sum_batch sigmoid(R(SR) - bias)`` with a frozen Ranker."""
+    """RankSRGAN's rank-content loss ``weight * sum_batch sigmoid(R(SR) - bias)`` with a frozen Ranker.
+
+    ``bn_mode``: ``eval`` (default) runs the Ranker's BatchNorm on its running statistics, so the
+    score of an SR image does not depend on the rest of its batch. ``train`` is the release's
+    behaviour (it never calls ``eval()`` on the Ranker): BatchNorm normalises by the SR batch's own
+    statistics, which cancels what the batch's images share, so a uniformly better batch is not
+    scored better (issue 10, measured in :mod:`perceptsr.ranksrgan.losses`); only
+    ``configs/paper/ranksrgan_x4_niqe_release.yml`` keeps it, for fidelity to the released models."""
 
     checkpoint: str  # a Ranker file (native, mmsr or old ``features.N`` layout)
     weight: float = 0.03
     bias: float = 0.0  # the original's R_bias
-    bn_mode: Literal["train", "eval"] = "train"  # train = batch statistics, as the original (never calls eval())
+    bn_mode: Literal["train", "eval"] = "eval"  # train = batch statistics, as the original
     arch: Optional[str] = None  # null = from the file's metadata or key names
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -50,7 +57,23 @@ class RankerObjectiveConfig(ObjectiveConfig):
     ``data.train.hr_dir`` is the older spelling of ``rank_dir``, read when ``rank_dir`` is null (the
     batch size and workers stay in ``data.train``). Validation on its ``valid_split`` (``data.val``
     unused). ``loss``: ``margin`` = Siamese margin ranking (higher score = worse), ``l1``/``l2`` =
-    regression of the metric label (the paper's rank-vs-regression ablation)."""
+    regression of the metric label (the paper's rank-vs-regression ablation).
+
+    ``pair_forward``: ``joint`` (default) scores both sides of the batch's pairs in one forward pass
+    over ``cat([x1, x2])``, so train-mode BatchNorm normalises every patch by the same statistics of
+    both sides, which is also what the eval-mode running statistics average. ``separate`` is the
+    release's two passes: each side gets its own statistics, and with the release's order (the
+    better level always ``x1``) a side's batch holds only the better or only the worse levels, so
+    training can lean on the per-side normalisation that the eval-mode Ranker never sees (issue 10:
+    valid SROCC -0.59 to 0.83 over 12 toy seeds; 0.90 to 0.98 with either fix). ``swap_order``
+    (swap each pair with probability 1/2) is the other fix, for ``separate``; with ``joint`` it
+    changes nothing (the loss is symmetric). ``joint`` is the default because it removes the cause
+    whatever the pair sampling (hard-pair weighting, label ties) and runs one forward call, not two.
+    ``configs/paper/ranker_vgg12_niqe_release.yml`` keeps the release's ``separate`` without swap.
+
+    ``best_metric`` picks the best checkpoint: ``accuracy`` (default) is the within-location pairwise
+    accuracy, the release's criterion and what the margin loss trains; the global ``srocc`` /
+    ``kendall`` mostly measure how the metric varies across image content."""
 
     type: str = "ranker"
     rank_dir: Optional[str] = None  # the rank dataset root; null = data.train.hr_dir (older configs)
@@ -58,11 +81,13 @@ class RankerObjectiveConfig(ObjectiveConfig):
     margin: float = 0.5
     clamp: float = 5.0  # scores clamped to [-clamp, clamp] before the margin loss; 0 = off
     hard_pair_weight: float = 1.0  # sampling weight of the two gap levels' pair (3 = the release's 3:1:1)
-    swap_order: bool = False  # swap pairs at random; the release feeds the better level first (per-side BN)
+    pair_forward: Literal["joint", "separate"] = "joint"  # joint = one pass over cat([x1, x2]); separate = release
+    swap_order: bool = False  # swap each pair with probability 1/2; the release feeds the better level first
     train_split: str = "train"
     valid_split: str = "valid"
     val_batch_size: int = 16
-    best_metric: Literal["srocc", "kendall", "accuracy"] = "srocc"  # picks the best checkpoint
+    best_metric: Literal["accuracy", "hard_accuracy", "srocc", "kendall", "location_srocc",
+                         "location_kendall"] = "accuracy"  # picks the best checkpoint
 
     def __post_init__(self):
         check_field(self.margin >= 0, "margin", self.margin, "must be >= 0")

@@ -1,14 +1,24 @@
 """RankSRGAN stage 2 data: the patches of a rank dataset grouped by location, and the Siamese pairs.
 
-Reads the folder written by :func:`perceptsr.ranksrgan.rank_data.build_rank_dataset`:
-:class:`RankGroups` groups one split's labelled patches by location (levels best first), and
-:class:`RankPairDataset` draws one pair of levels per location (uniformly, or with the hard pair,
-the two gap levels, ``hard_pair_weight`` times as likely).
+Reads the folder written by :func:`perceptsr.ranksrgan.rank_data.build_rank_dataset` or one built by
+the RankSRGAN release (spec §2.5-2.7): :class:`RankGroups` groups one split's labelled patches by
+location (levels best first), and :class:`RankPairDataset` draws one pair of levels per location
+(uniformly, or with the hard pair, the two gap levels, ``hard_pair_weight`` times as likely).
+
+Layouts of split ``S`` (``valid`` also answers to the release's name ``test``)::
+
+    perceptsr rank-data   S_label.txt            train_patch_<level>/, valid_patch_all/
+    RankSRGAN release     <D>_S_patch_label.txt  <D>_S_patch_<level>/ or <D>_S_patch_all/  (D e.g. DF2K)
+
+A label file holds ``<n>_<level>.png <score>`` lines, higher = worse. Without perceptsr's
+``summary.json`` the level order is the release's (esrgan, srgan, srres; hard pair esrgan-srgan)
+when the levels are the release's, else the order of their mean labels (no hard pair).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from itertools import combinations
 from pathlib import Path
@@ -22,6 +32,8 @@ from perceptsr.ranksrgan.rank_data import SUMMARY
 __all__ = ["read_rank_labels", "load_patch", "RankGroups", "RankPairDataset"]
 
 _NAME = re.compile(r"^(\d+)_(.+)\.png$")
+RELEASE_LEVELS = ("esrgan", "srgan", "srres")  # the release's levels, best first; the first two are its gap pair
+SPLIT_ALIASES = {"valid": ("valid", "test")}  # the release's Ranker config names its valid files *_test_*
 
 
 def read_rank_labels(path) -> list[tuple[str, float]]:
@@ -45,31 +57,74 @@ def read_rank_labels(path) -> list[tuple[str, float]]:
     return out
 
 
+def _locate(root: Path, split: str) -> tuple[Path, list[str]]:
+    """(label file, the folders that may hold its patches, ``{level}`` to fill in) of ``split``."""
+    aliases = SPLIT_ALIASES.get(split, (split,))
+    own = root / f"{split}_label.txt"
+    if own.is_file():
+        stem = ""
+        label = own
+    else:
+        found = sorted({p for a in aliases for p in root.glob(f"*_{a}_patch_label.txt")})
+        if not found:
+            raise ConfigError(f"{root}: no {own.name} (perceptsr rank-data) nor *_{split}_patch_label.txt (the "
+                              f"RankSRGAN release, e.g. DF2K_{split}_patch_label.txt); is this a rank dataset?")
+        if len(found) > 1:
+            raise ConfigError(f"{root}: several label files for the {split} split: "
+                              f"{', '.join(p.name for p in found)}; keep one")
+        label = found[0]
+        stem = next(label.name[: -len(f"{a}_patch_label.txt")] for a in aliases
+                    if label.name.endswith(f"_{a}_patch_label.txt"))
+    return label, [f"{stem}{a}_patch_{kind}" for a in aliases for kind in ("{level}", "all")]
+
+
+def _level_order(levels: set[str], by_id: dict, summary: dict) -> tuple[list[str], tuple[str, ...]]:
+    """(levels best first, hard pair) from ``summary.json``, the release's names, or the mean labels."""
+    if summary.get("levels"):
+        order = [lv["name"] for lv in summary["levels"]]
+        known = [lv for lv in order if lv in levels]
+        return known + sorted(levels - set(known)), tuple(summary.get("gap_levels", ()))
+    if levels <= set(RELEASE_LEVELS):
+        hard = RELEASE_LEVELS[:2] if set(RELEASE_LEVELS[:2]) <= levels else ()
+        return [lv for lv in RELEASE_LEVELS if lv in levels], tuple(hard)
+    means = {lv: float(np.mean([g[lv][1] for g in by_id.values() if lv in g])) for lv in levels}
+    return sorted(levels, key=lambda lv: (means[lv], lv)), ()
+
+
 class RankGroups:
     """The patches of one split grouped by location: ``groups[i] = [(level, path, score), ...]``,
-    levels in the dataset's order (best first). ``hard_pair`` holds the gap levels when known."""
+    levels in the dataset's order (best first). ``hard_pair`` holds the gap levels when known.
+    Reads perceptsr's and the release's layouts (module docstring)."""
 
     def __init__(self, root, split: str = "train"):
         self.root = Path(root)
-        label_file = self.root / f"{split}_label.txt"
-        if not label_file.is_file():
-            raise ConfigError(f"{self.root}: no {label_file.name}; is this a folder written by perceptsr rank-data?")
+        label_file, patterns = _locate(self.root, split)
         summary_file = self.root / SUMMARY
         summary = json.loads(summary_file.read_text(encoding="utf-8")) if summary_file.is_file() else {}
-        order = [lv["name"] for lv in summary.get("levels", [])]
-        self.hard_pair = tuple(summary.get("gap_levels", ()))
+        listings: dict[str, set[str]] = {}
+
+        def find(name: str, level: str) -> Path | None:
+            for pattern in patterns:
+                folder = pattern.format(level=level)
+                if folder not in listings:
+                    d = self.root / folder
+                    listings[folder] = set(os.listdir(d)) if d.is_dir() else set()
+                if name in listings[folder]:
+                    return self.root / folder / name
+            return None
+
         by_id: dict[int, dict[str, tuple[Path, float]]] = {}
         for name, score in read_rank_labels(label_file):
             m = _NAME.match(name)
             if not m:
                 raise ConfigError(f"{label_file}: file name {name!r} is not '<n>_<level>.png'")
             n, level = int(m.group(1)), m.group(2)
-            path = self.root / (f"train_patch_{level}" if split == "train" else f"{split}_patch_all") / name
-            if not path.is_file():
-                raise ImageReadError(f"{label_file}: {name} is listed but {path} does not exist")
+            path = find(name, level)
+            if path is None:
+                where = ", ".join(f"{p.format(level=level)}/" for p in patterns)
+                raise ImageReadError(f"{label_file}: {name} is listed but is in none of {where} under {self.root}")
             by_id.setdefault(n, {})[level] = (path, score)
-        levels_seen = sorted({lv for g in by_id.values() for lv in g})
-        self.levels = [lv for lv in order if lv in levels_seen] + [lv for lv in levels_seen if lv not in order]
+        self.levels, self.hard_pair = _level_order({lv for g in by_id.values() for lv in g}, by_id, summary)
         self.ids = sorted(by_id)
         self.groups = [[(lv, *by_id[n][lv]) for lv in self.levels if lv in by_id[n]] for n in self.ids]
         if any(len(g) < 2 for g in self.groups):
@@ -91,9 +146,9 @@ class RankPairDataset(torch.utils.data.Dataset):
     """Siamese pairs: item ``(epoch, j)`` is one pair of levels of location ``j % len``, drawn from
     ``(seed, epoch, j)``: ``{"img1", "img2"}`` (3, H, W) float32 in [0, 1], ``{"score1", "score2"}``;
     ``img1`` is the better level's patch, as in the release (pairs (esrgan, srgan), (esrgan, srres),
-    (srgan, srres)), unless ``swap_order``, which swaps each pair with probability 1/2. With the
-    release's two forward passes, train-mode BatchNorm normalises each side by its own batch, so a
-    fixed order lets training lean on per-side statistics that the eval-mode Ranker does not see.
+    (srgan, srres)), unless ``swap_order``, which swaps each pair with probability 1/2. The order
+    matters only when the two sides go through the Ranker in separate forward passes (train-mode
+    BatchNorm per side; see :class:`~perceptsr.ranksrgan.config.RankerObjectiveConfig`).
 
     Pairs are uniform over the location's level pairs, except that the hard pair (the two gap
     levels) is ``hard_pair_weight`` times as likely (3 gives the release's commented 3:1:1 mix).

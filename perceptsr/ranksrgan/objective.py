@@ -35,8 +35,9 @@ class RankerObjective(Objective):
     """RankSRGAN stage 2 in the training loop: the trained network is the Ranker (``model.arch:
     ranker``, saved as ``ranker.safetensors``), its data the folder written by ``perceptsr
     rank-data`` (``objective.rank_dir``); see :class:`~perceptsr.ranksrgan.config.RankerObjectiveConfig`.
-    Each step scores both sides of a pair with two forward passes (BatchNorm statistics per side, as
-    the release); validation is its own (:func:`~perceptsr.ranksrgan.evaluation.evaluate_ranker`)."""
+    Each step scores both sides of a pair in one forward pass over ``cat([x1, x2])`` (``pair_forward:
+    joint``, shared BatchNorm statistics) or in two (``separate``, per-side statistics, as the
+    release); validation is its own (:func:`~perceptsr.ranksrgan.evaluation.evaluate_ranker`)."""
 
     trained_network = "ranker"
     own_validation = True
@@ -72,8 +73,11 @@ class RankerObjective(Objective):
         l1, l2 = batch["score1"].to(self.runtime.device), batch["score2"].to(self.runtime.device)
         self.net_r.train()
         with self.runtime.autocast():
-            s1 = self.net_r(x1).float().reshape(-1)
-            s2 = self.net_r(x2).float().reshape(-1)
+            if o.pair_forward == "joint":
+                s1, s2 = self.net_r(torch.cat([x1, x2])).float().reshape(-1).split(len(x1))
+            else:
+                s1 = self.net_r(x1).float().reshape(-1)
+                s2 = self.net_r(x2).float().reshape(-1)
         if o.loss == "margin":
             loss = ranking_loss(s1, s2, l1, l2, margin=o.margin, clamp=o.clamp or None)
         else:

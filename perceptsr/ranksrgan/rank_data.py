@@ -3,8 +3,8 @@
 :func:`build_rank_dataset`: given N >= 2 *levels* (folders of SR outputs of the same images, best
 level first; optionally the HR images as a level), per image:
 
-1. cut aligned ``patch_size`` patches on a ``stride`` grid (top-left corners 0, stride, ... while the
-   patch fits: RankSRGAN's MATLAB grid, 0-based);
+1. cut aligned ``patch_size`` patches on a ``stride`` grid (:func:`patch_grid`: MATLAB's
+   ``1:stride:H-patch_size``, 0-based, so a patch never reaches the last row or column);
 2. texture filter: keep a location when the :func:`sharpness` of the *texture level's* patch (the
    best SR level by default) is >= ``texture_threshold``;
 3. gap filter: keep it when the metric of the two *gap levels* (the two best SR levels by default)
@@ -26,13 +26,22 @@ Output layout (RankSRGAN-compatible names; ``n`` numbers the kept locations from
     summary.json                           levels, options, metric protocol, counts
     progress.jsonl                         one line per finished image (resume); .work/ scratch
 
-A location goes to the valid split with probability ``valid_fraction``, drawn from ``(seed, n)``
-(``split_by="patch"``, the release's per-triplet split) or from ``(seed, image name)``
-(``split_by="image"``: no overlapping patches across the split). Everything is seeded and the
-images are processed in sorted order, so a run gives the same files whatever ``workers`` is, and a
-killed run resumed on the same folder continues after its last finished image.
+The valid split is drawn when the last image is done, as the release's ``move_valid.py`` runs
+after the patches are cut: exactly ``int(valid_fraction * N)`` of the N triplets, a seeded random
+subset (``split_by="patch"``, the release's split), or whole images until at least that many
+(``split_by="image"``: no patch of the valid split overlaps a training patch). Until then every
+patch is under ``train_patch_<level>/``. Everything is seeded and the images are processed in
+sorted order, so a run gives the same files whatever ``workers`` is, and a killed run resumed on
+the same folder continues after its last finished image.
+
+``summary.json`` also reports how many locations each filter kept and how consistent the labels
+are with the levels' order (:func:`~perceptsr.ranksrgan.consistency.level_consistency`): a Ranker cannot learn an order that the
+labels do not have.
 
 The Ranker's training reads this layout through :mod:`perceptsr.ranksrgan.datasets`.
+
+(The module is a little over 600 lines: stage 1 is one resumable pipeline whose steps, from the
+grid to the split, share the progress-record format, and splitting it would spread that format.)
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ import numpy as np
 import torch
 
 from perceptsr.errors import ConfigError, ImageReadError, PerceptsrError
+from perceptsr.ranksrgan.consistency import level_consistency
 
 __all__ = [
     "FORMAT",
@@ -62,6 +72,7 @@ __all__ = [
     "sharpness",
     "label_patches",
     "label_transform",
+    "valid_count",
     "prepare_level",
     "build_rank_dataset",
 ]
@@ -121,9 +132,11 @@ class RankDataOptions:
 
 
 def patch_grid(height: int, width: int, size: int, stride: int) -> list[tuple[int, int]]:
-    """0-based top-left corners of the ``size`` patches on a ``stride`` grid that fit the image."""
-    tops = range(0, height - size + 1, stride)
-    lefts = range(0, width - size + 1, stride)
+    """0-based top-left corners of RankSRGAN's patch grid: MATLAB's ``for h = 1:stride:H-size``, so
+    the last 1-based top is at most ``H - size`` and the last 0-based one at most ``H - size - 1``.
+    A patch therefore never touches the bottom or right edge, and a ``size``-px image gives none."""
+    tops = range(0, height - size, stride)
+    lefts = range(0, width - size, stride)
     return [(t, l) for t in tops for l in lefts]
 
 
@@ -205,17 +218,23 @@ def _read_uint8(path: Path) -> np.ndarray:
     return np.clip(np.floor(read_image(path, mode="rgb") * 255 + 0.5), 0, 255).astype(np.uint8)
 
 
-_WORKER: dict = {}
+_WORKER: dict = {}  # this process's run state: options, metrics, or the error that setting them up raised
 
 
 def _init_worker(opts: RankDataOptions, device: str, threads: int | None) -> None:
+    """Set this process up for :func:`_process_image`, dropping whatever an earlier run left (a
+    failure on another device included): each run starts from its own options and device."""
+    _WORKER.clear()
     if threads:
         torch.set_num_threads(threads)
     _WORKER["opts"] = opts
     try:
         _WORKER["metrics"] = _metrics_for(opts, device)
-    except Exception as exc:  # raised from the first task: a failing initializer makes Pool respawn forever
+    except PerceptsrError as exc:  # raised from the first task: a failing initializer makes Pool respawn forever
         _WORKER["error"] = exc
+    except Exception as exc:  # e.g. CUDA unavailable or a bad device ordinal
+        _WORKER["error"] = PerceptsrError(f"rank-data: cannot set up metric {opts.metric!r} on device {device!r} "
+                                          f"({type(exc).__name__}: {exc})")
 
 
 def _seed(*parts) -> np.random.Generator:
@@ -383,11 +402,54 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _split_of(opts: RankDataOptions, n: int, stem: str) -> str:
-    if opts.valid_fraction <= 0:
-        return "train"
-    draw = _seed(opts.seed, 1, n) if opts.split_by == "patch" else _seed(opts.seed, 2, stem)
-    return "valid" if draw.random() < opts.valid_fraction else "train"
+def valid_count(fraction: float, total: int) -> int:
+    """How many of ``total`` triplets go to the valid split: ``int(fraction * total)``, as the
+    release's ``move_valid.py`` (the 1e-9 only guards against ``0.29 * 100 = 28.999...``)."""
+    return int(fraction * total + 1e-9)
+
+
+def _valid_ids(opts: RankDataOptions, records: list[dict]) -> set[int]:
+    """The triplet numbers of the valid split, drawn once the dataset is complete.
+
+    ``split_by="patch"``: exactly :func:`valid_count` triplets, a seeded random subset (the release
+    moves a random 10% of the triplet ids). ``split_by="image"``: whole images in a seeded random
+    order until at least that many triplets are valid, never all images (no patch of a valid image
+    overlaps a training patch)."""
+    total = sum(len(r["locations"]) for r in records)
+    want = valid_count(opts.valid_fraction, total)
+    if want == 0:
+        return set()
+    if opts.split_by == "patch":
+        return {int(i) + 1 for i in _seed(opts.seed, 1).choice(total, size=want, replace=False)}
+    with_patches = [r for r in records if r["locations"]]
+    chosen: set[int] = set()
+    for i in _seed(opts.seed, 2).permutation(len(with_patches))[: len(with_patches) - 1]:
+        r = with_patches[int(i)]
+        chosen.update(range(r["first"], r["first"] + len(r["locations"])))
+        if len(chosen) >= want:
+            break
+    return chosen
+
+
+def _assign_splits(out: Path, opts: RankDataOptions, records: list[dict], names: list[str]) -> None:
+    """Draw the valid split of a complete dataset and move its patches to ``valid_patch_all/`` (as the
+    release's ``move_valid.py`` runs after the patches are cut); sets each record's ``splits``.
+    Idempotent, and a move interrupted by a kill is finished by the next run."""
+    valid = _valid_ids(opts, records)
+    for r in records:
+        r["splits"] = ["valid" if r["first"] + k in valid else "train" for k in range(len(r["locations"]))]
+        for k, split in enumerate(r["splits"]):
+            n = r["first"] + k
+            for name in names:
+                target = _patch_path(out, split, n, name)
+                if target.is_file():
+                    continue
+                source = _patch_path(out, "train" if split == "valid" else "valid", n, name)
+                if not source.is_file():
+                    raise ImageReadError(f"{out}: {target.name} is in neither {target.parent.name}/ nor "
+                                         f"{source.parent.name}/; delete the folder and build it again")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
 
 
 def _patch_path(out: Path, split: str, n: int, level: str) -> Path:
@@ -488,10 +550,14 @@ def build_rank_dataset(
             bar.set_postfix(patches=next_id - 1, refresh=False)
     finally:
         bar.close()
+        _WORKER.clear()  # no metrics (or GPU memory) held after the run, no state carried into the next
         if pool is not None:
             pool.terminate()
             pool.join()
     complete = len(records) == len(matched)
+    if complete:
+        _assign_splits(out, opts, records, names)
+        _write_text_atomic(progress_path, "".join(json.dumps(x) + "\n" for x in [header, *records]))
     summary = _summarize(out, header, records, complete, time.perf_counter() - t0)
     if complete:
         shutil.rmtree(out / WORK, ignore_errors=True)
@@ -508,7 +574,7 @@ def _commit(out: Path, opts: RankDataOptions, result: dict, names: list[str], fi
     splits, scores = [], {name: [] for name in names}
     for k in range(len(result["locations"])):
         n = first + k
-        split = _split_of(opts, n, result["image"])
+        split = "train"  # until the dataset is complete: :func:`_assign_splits` draws the valid split
         splits.append(split)
         for name in names:
             target = _patch_path(out, split, n, name)
@@ -517,6 +583,12 @@ def _commit(out: Path, opts: RankDataOptions, result: dict, names: list[str], fi
             scores[name].append(a * result["raw"][name][k] + b)
     shutil.rmtree(work, ignore_errors=True)
     return {**result, "first": first, "splits": splits, "scores": scores}
+
+
+def _label_table(records: list[dict], names: list[str]) -> np.ndarray:
+    """The labels of all kept triplets as an ``(N, levels)`` array, levels in ``names`` order."""
+    rows = [[r["scores"][name][k] for name in names] for r in records for k in range(len(r["locations"]))]
+    return np.array(rows, np.float64).reshape(-1, len(names))
 
 
 def _summarize(out: Path, header: dict, records: list[dict], complete: bool, seconds: float) -> dict:
@@ -546,6 +618,7 @@ def _summarize(out: Path, header: dict, records: list[dict], complete: bool, sec
         "images": len(records),
         "triplets": {split: sum(s == split for r in records for s in r["splits"]) for split in lines},
         "filters": totals,
+        "consistency": level_consistency(_label_table(records, names), names),
         "label": {"metric": opts["metric"], "protocol": protocol, "transform": kind, "a": a, "b": b,
                   "convention": "higher label = worse image"},
         "layout": {"train": "train_patch_<level>/<n>_<level>.png", "valid": "valid_patch_all/<n>_<level>.png",
