@@ -287,7 +287,7 @@ def stage_ranker(ctx: DemoContext) -> dict:
         "data": {"train": {"batch_size": 8, "num_workers": 0, "patch_size": 200}},
         "scale": 1,
         "objective": {"type": "ranker", "rank_dir": ctx.results["rank_data"]["dataset"], "loss": "margin",
-                      "margin": 0.5, "clamp": 5.0, "swap_order": True, "val_batch_size": 8},
+                      "margin": 0.5, "clamp": 5.0, "val_batch_size": 8},
         "optim": {"type": "adam", "lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 1e-4},
         "schedule": {"type": "multistep", "milestones": [iterations * 2 // 3], "gamma": 0.5},
         "train": _loop(iterations, log_times=6),
@@ -297,9 +297,10 @@ def stage_ranker(ctx: DemoContext) -> dict:
 
 
 def stage_ranksrgan(ctx: DemoContext) -> dict:
-    """RankSRGAN from the same PSNR model for the same iterations as SRGAN (the paper's comparison)."""
-    rank = {"checkpoint": ctx.results["ranker"]["ranker"], "weight": 0.03, "bn_mode": "train"}
-    config = _gan_config(ctx, {"type": "ranksrgan", "pixel_weight": 0.0, "rank": rank}, ctx.iterations(120))
+    """RankSRGAN from the same PSNR model, identical to the SRGAN stage except the rank-content term
+    (same losses, weights, data order and iterations): the controlled comparison."""
+    rank = {"checkpoint": ctx.results["ranker"]["ranker"], "weight": 0.03}
+    config = _gan_config(ctx, {"type": "ranksrgan", "pixel_weight": 1e-2, "rank": rank}, ctx.iterations(120))
     result = _train(ctx, "ranksrgan", config)
     result["models"] = {"RankSRGAN": result["generator"]}
     return result
