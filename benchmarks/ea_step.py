@@ -7,15 +7,21 @@ fixed set of HR 128 / LR 32 patches (synthetic random images, or ``--hr-dir`` wi
   deep copies of whole models (parent, two mates, two offspring), autograd left on during fitness
   evaluation, one image (<= 50 patches) per forward pass, HR VGG features recomputed for every child;
 * perceptsr (:mod:`perceptsr.ea_adam`): children as state dicts loaded into one scratch model,
-  ``torch.inference_mode``, patches batched across images, HR VGG features cached once.
+  ``torch.inference_mode``, patches batched across images, HR VGG features cached once, inputs in
+  channels_last (the ``FitnessEvaluator`` defaults);
+* perceptsr NCHW: the same without channels_last (what perceptsr did before, for reference);
+* perceptsr bf16: the opt-in ``fitness_dtype: bfloat16`` (values move by a few 1e-3: not the float32 ones).
 
-    .venv/bin/python benchmarks/ea_step.py                      # CPU: reduced set (see the output)
+    .venv/bin/python benchmarks/ea_step.py --images 2 --patches 5     # CPU: reduced set (the default there)
     .venv/bin/python benchmarks/ea_step.py --images 16 --patches 50 --children 20   # the full set (GPU)
+    .venv/bin/python benchmarks/ea_step.py --images 16 --patches 50 --tf32          # TF32 convs for every way
     .venv/bin/python benchmarks/ea_step.py --hr-dir ../shared/datasets/train/BSD200/HR
 
 VGG weights: the ``vgg19_caffe`` asset (../shared/assets when present), else ``vgg19`` (torchvision),
-else random weights; the output says which. Both ways score the same children, and the table's last
-line gives their largest relative fitness difference (float32 summation order only).
+else random weights; the output says which. Every way scores the same children, one child per way in
+turn (alternating order, so that load drifts hit every way alike); child 0 is warm-up. The table gives
+the minimum and median seconds per child and each way's largest relative fitness difference from the
+released way; the float32 ways must stay within 1e-6 (float32 summation order only).
 """
 
 from __future__ import annotations
@@ -110,16 +116,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--images", type=int, default=16 if cuda else 2)
     parser.add_argument("--patches", type=int, default=50 if cuda else 5, help="per image (synthetic set)")
-    parser.add_argument("--children", type=int, default=10 if cuda else 3, help="timed children per way")
+    parser.add_argument("--children", type=int, default=10 if cuda else 5, help="timed children per way")
     parser.add_argument("--batch", type=int, default=100 if cuda else 10, help="perceptsr patch batch size")
     parser.add_argument("--hr-dir", default=None, help="HR folder for the evaluation set (first --images files)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 convolutions on CUDA for every way (default off: float32 values comparable)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
 
     es, data_text = _eval_set(args)
     perceptual, vgg_text = _perceptual_loss(device)
@@ -128,13 +137,20 @@ def main(argv: list[str] | None = None) -> None:
     models = [build_arch("msrresnet", num_feat=64, num_block=16, upscale=4).to(device) for _ in range(n_pop)]
     states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
     nb = neighbourhoods(n_pop)
-    evaluator = FitnessEvaluator(es, [L1Fitness(), PerceptualFitness(perceptual)],
-                                 batch_size=args.batch, device=device)
-    images = [(evaluator.eval_set.lr[evaluator.eval_set.image_index == j],
-               evaluator.eval_set.hr[evaluator.eval_set.image_index == j]) for j in range(es.num_images)]
+    evaluators = {  # one per perceptsr way: each keeps its own HR feature cache
+        way: FitnessEvaluator(es, [L1Fitness(), PerceptualFitness(perceptual)], batch_size=args.batch,
+                              device=device, **kwargs)
+        for way, kwargs in (("perceptsr", {}), ("nchw", {"channels_last": False}), ("bf16", {"dtype": "bfloat16"}))
+    }
+    on_device = es.to(device)
+    images = [(on_device.lr[on_device.image_index == j], on_device.hr[on_device.image_index == j])
+              for j in range(es.num_images)]
     scratch = build_arch("msrresnet", num_feat=64, num_block=16, upscale=4).to(device)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    if device.type == "cuda":
+        name = f"{torch.cuda.get_device_name(device)} (TF32 {'on' if args.tf32 else 'off'})"
+    else:
+        name = f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}")
     print(f"eval set: {data_text} = {es.num_patches} patches (HR 128, LR 32); MSRResNet x4 64f/16b; "
           f"population {n_pop}; objectives L1 + VGG19 conv5_4 ({vgg_text})")
@@ -142,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"NOTE: CPU run on a reduced set (--images {args.images} --patches {args.patches}); "
               "the released setting is --images 16 --patches 50 (use a GPU)")
 
-    # children: the same sequence of (parent, mate) for both ways
+    # children: the same sequence of (parent, mate) for every way
     gen = torch.Generator().manual_seed(0)
     plan = []
     for c in range(args.children + 1):
@@ -165,43 +181,45 @@ def main(argv: list[str] | None = None) -> None:
             f = _released_fitness(net, images, perceptual)
         else:
             make_child(states, i, nb[i], generator=torch.Generator().manual_seed(c), p_crossover=1.0, p_mutation=0.0)
-            f = evaluator.evaluate_state(scratch, child_state).tolist()
+            f = evaluators[way].evaluate_state(scratch, child_state).tolist()
         sync(device)
         seconds = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
         return seconds, peak, f
 
-    ways = ("released", "perceptsr")
+    labels = {
+        "released": "released (deep copies, autograd on, HR feats/child)",
+        "perceptsr": "perceptsr (inference, cached HR, channels_last)",
+        "nchw": "perceptsr NCHW (as before channels_last)",
+        "bf16": "perceptsr bf16 (opt-in fitness_dtype)",
+    }
+    ways = tuple(labels)
     times: dict[str, list[float]] = {w: [] for w in ways}
     peaks: dict[str, float] = {w: float("nan") for w in ways}
     fits: dict[str, list[list[float]]] = {w: [] for w in ways}
-    for c in range(len(plan)):  # interleaved, alternating order, so that load drifts hit both ways
+    for c in range(len(plan)):  # interleaved, alternating order, so that load drifts hit every way
         for way in (ways if c % 2 == 0 else ways[::-1]):
             sec, peak, f = one_child(way, c)
             if c > 0:  # child 0 is warm-up (allocator, cudnn autotune, the HR feature cache)
                 times[way].append(sec)
             peaks[way] = peak if peaks[way] != peaks[way] else max(peaks[way], peak)
             fits[way].append(f)
-    header = (f"{'way':<54} {'children':>8} {'seconds':>8} {'children/s':>10} {'median s/child':>14} "
-              f"{'peak MiB':>9}")
+    header = (f"{'way':<52} {'children/s':>10} {'min s/child':>11} {'median s/child':>14} "
+              f"{'speed-up min/med':>16} {'max rel diff':>12} {'peak MiB':>9}")
     print(header)
     print("-" * len(header))
-    labels = {
-        "released": "released (5 deep copies, autograd on, HR feats/child)",
-        "perceptsr": "perceptsr (state dicts, inference, cached HR)",
-    }
+    base_min, base_med = min(times["released"]), statistics.median(times["released"])
     for way in ways:
-        total = sum(times[way])
-        med = statistics.median(times[way])
+        low, med = min(times[way]), statistics.median(times[way])
+        diff = max(abs(a - b) / max(abs(a), 1e-12)
+                   for fa, fb in zip(fits["released"], fits[way]) for a, b in zip(fa, fb))
         peak_text = f"{peaks[way]:9.0f}" if peaks[way] == peaks[way] else f"{'-':>9}"
-        print(f"{labels[way]:<54} {len(times[way]):>8} {total:8.2f} {len(times[way]) / total:10.3f} "
-              f"{med:14.3f} {peak_text}")
-    speedup = statistics.median(times["released"]) / statistics.median(times["perceptsr"])
-    diff = max(abs(a - b) / max(abs(a), 1e-12)
-               for fa, fb in zip(fits["released"], fits["perceptsr"]) for a, b in zip(fa, fb))
-    print(f"speed-up (median per child): {speedup:.2f}x; "
-          f"largest relative fitness difference between the ways: {diff:.2e}")
-
+        speedup = f"{base_min / low:.2f}x / {base_med / med:.2f}x"
+        print(f"{labels[way]:<52} {1 / med:10.3f} {low:11.3f} {med:14.3f} {speedup:>16} {diff:12.2e} {peak_text}")
+    worst = max(abs(a - b) / max(abs(a), 1e-12) for way in ("perceptsr", "nchw")
+                for fa, fb in zip(fits["released"], fits[way]) for a, b in zip(fa, fb))
+    print(f"children/s = 1 / median s/child; speed-up = released min (median) / this way's min (median); "
+          f"float32 fitness vs released: {worst:.2e} ({'within' if worst <= 1e-6 else 'OUTSIDE'} 1e-6)")
 
 if __name__ == "__main__":
     main()
