@@ -17,8 +17,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "benchmark models, SR folders and bicubic on datasets: results.json/.csv/.md tables"),
     "report": ("report", "self-contained HTML report: metric table, perception-distortion plane, curves, crops"),
     "rank-data": ("rank_data", "RankSRGAN stage 1: aligned, filtered, metric-labelled patches of SR levels (resumable)"),
-    "convert": ("convert", "convert a checkpoint (.pth, old layouts) to the native safetensors format"),
+    "convert": ("convert", "convert a checkpoint (.pth, old layouts) or an ncnn .param/.bin model to the native safetensors format"),
     "assets": ("assets", "list, fetch and verify weight and parameter files (assets)"),
+    "reproduce": ("reproduce", "a paper's controlled comparison over seeds (RankSRGAN vs SRGAN, EA-Adam vs weighted-sum Adam), resumable"),
+    "export": ("export", "export a generator to ONNX (dynamic batch/height/width), verified with onnxruntime"),
+    "interpolate": ("interpolate", "network interpolation A -> B (ESRGAN net_interp), optionally scored as a PD curve"),
+    "info": ("info", "model card: architecture, scale, parameters, iteration, provenance and stamped scores"),
 }
 
 

@@ -52,6 +52,7 @@ class EAAdamObjectiveConfig(ObjectiveConfig):
     p_element: float = 0.02
     sigma: float = 0.03
     faithful_bias_revert: bool = False
+    adam_mode: Literal["normalised", "weighted_sum"] = "normalised"  # weighted_sum: the plain λ-weighted loss (the baseline)
     eval_hr_dir: Optional[str] = None  # EA fitness images; null = data.train.hr_dir (first eval_images, sorted)
     eval_lr_dir: Optional[str] = None  # null = data.train.lr_dir (or MATLAB bicubic of the HR)
     eval_images: int = 16

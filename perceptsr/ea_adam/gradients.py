@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["normalised_gradient_mix"]
+__all__ = ["normalised_gradient_mix", "weighted_sum_gradient"]
 
 
 def _trainable(model: nn.Module | Iterable[torch.Tensor]) -> list[torch.Tensor]:
@@ -66,3 +66,21 @@ def normalised_gradient_mix(
     for p, g in zip(params, mixed):
         p.grad = None if g is None else g.to(p.dtype)
     return norms
+
+
+def weighted_sum_gradient(
+    model: nn.Module | Iterable[torch.Tensor],
+    losses: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    reduce: Callable[[list[torch.Tensor | None]], list[torch.Tensor | None]] | None = None,
+) -> None:
+    """Write the gradient of ``Σ_m λ_m L_m`` into each parameter's ``.grad``, with no normalisation:
+    the weighted-sum Adam baseline that EA-Adam is compared with (``adam_mode: weighted_sum``).
+    ``reduce`` and the ``.grad`` rules are those of :func:`normalised_gradient_mix`."""
+    params = _trainable(model)
+    total = sum(float(w) * loss.reshape(()) for w, loss in zip(weights, losses) if float(w) != 0.0)
+    grads = list(torch.autograd.grad(total, params, allow_unused=True))
+    if reduce is not None:
+        grads = reduce(grads)
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else g.to(p.dtype)

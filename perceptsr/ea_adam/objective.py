@@ -28,7 +28,7 @@ from perceptsr.ea_adam.fitness import (
     as_fitness_term,
     build_eval_set,
 )
-from perceptsr.ea_adam.gradients import normalised_gradient_mix
+from perceptsr.ea_adam.gradients import normalised_gradient_mix, weighted_sum_gradient
 from perceptsr.ea_adam.operators import VariationConfig
 from perceptsr.ea_adam.phase import EAPhaseReport, GenerationRecord, run_ea_phase
 from perceptsr.ea_adam.population import (
@@ -224,7 +224,8 @@ class EAAdamObjective(Objective):
                 both = torch.stack([l_dst.detach(), l_perp.detach()])
                 if not self.runtime.all_finite(both):
                     raise NonFiniteLossError(f"individual {i} losses (l1, perception)", float(both.sum()))
-                normalised_gradient_mix(g, [l_dst, l_perp], self.weights[i].tolist(), reduce=reduce)
+                mix = weighted_sum_gradient if opts.adam_mode == "weighted_sum" else normalised_gradient_mix
+                mix(g, [l_dst, l_perp], self.weights[i].tolist(), reduce=reduce)
                 self._optimizers[generator_name(i)].step()
             finally:
                 set_requires_grad(d, True)

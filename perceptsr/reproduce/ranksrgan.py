@@ -1,0 +1,309 @@
+"""``perceptsr reproduce ranksrgan``: RankSRGAN against its SRGAN control, per seed.
+
+Stages (``DIR/<key>/``, see :mod:`perceptsr.reproduce.runner`):
+
+* ``common/data``, ``common/assets``: images (:mod:`perceptsr.reproduce.data`), NIQE model, VGG19;
+  ``common/bicubic``: the bicubic baseline scored once;
+* per seed ``seed_<s>/``:
+
+  1. ``psnr``: PSNR pre-training of the generator (run ``PSNR``);
+  2. ``srgan``: the SRGAN control from the PSNR model (run ``SRGAN``);
+  3. ``rank_data``: levels HR > SRGAN > PSNR > bicubic on the training images, labelled with NIQE
+     (:func:`perceptsr.ranksrgan.build_rank_dataset`);
+  4. ``ranker``: the Ranker (run ``Ranker``), scored on the held-out split of the rank dataset;
+  5. ``ranksrgan``: RankSRGAN (run ``RankSRGAN``), from the same PSNR model;
+  6. ``eval``: PSNR/SSIM (``sr-y``), NIQE (``pirm``) and LPIPS on the evaluation sets.
+
+The control and RankSRGAN are the *same* config except ``objective.type`` and ``objective.rank``
+(:func:`gan_configs`; a test checks it): same initial generator, same initial discriminator (one
+file, saved once per seed, because building the Ranker draws from the global RNG before the
+discriminator is made), same seed and therefore data order and augmentation, same iterations,
+schedule and pixel / perceptual / GAN weights.
+
+After each seed ``DIR/summary.json`` and ``DIR/report.html`` are rewritten
+(:mod:`perceptsr.reproduce.summary`, :mod:`perceptsr.reproduce.figures`).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from perceptsr.reproduce.common import (
+    common_stages,
+    evaluate_models,
+    paper_config,
+    perceptual_section,
+    psnr_config,
+    val_section,
+)
+from perceptsr.reproduce.data import SCALE, niqe_metric
+from perceptsr.reproduce.profiles import RankSRGANProfile
+from perceptsr.reproduce.runner import Runner, Stage, loop_section, train_stage
+
+__all__ = ["METHODS", "plan", "gan_configs", "ranker_config", "summarise", "write_report"]
+
+#: summary key -> model name in the results and report (the runs carry the same names)
+METHODS = {"psnr": "PSNR", "srgan": "SRGAN", "ranksrgan": "RankSRGAN"}
+RANKER_METRICS = ("accuracy", "hard_accuracy", "srocc", "kendall")
+
+
+def gan_configs(profile: RankSRGANProfile, data: dict, assets: dict, seed: int, psnr_model: str, d_init: str,
+                ranker: str | None) -> tuple[dict, dict]:
+    """(SRGAN control, RankSRGAN) configs: identical except ``objective.type`` and ``objective.rank``.
+
+    ``ranker`` may be None before the Ranker exists (the RankSRGAN config is then incomplete)."""
+    rank = {"checkpoint": ranker, "weight": profile.rank_weight, "bn_mode": profile.rank_bn_mode}
+    paper = paper_config(profile, "ranksrgan")
+    if paper is not None:
+        base = copy.deepcopy(paper)
+        base["seed"] = seed
+        base["model"]["pretrained"] = psnr_model
+        base["objective"]["discriminator"]["pretrained"] = d_init
+        rank = {**base["objective"].pop("rank"), "checkpoint": ranker}
+    else:
+        g = profile.gan
+        milestones = sorted({max(1, int(round(f * g.iterations))) for f in g.halve_at})
+        base = {
+            "seed": seed, "scale": SCALE,
+            "model": {"arch": profile.generator.arch, "kwargs": dict(profile.generator.kwargs), "pretrained": psnr_model},
+            "data": {"train": {"hr_dir": data["train_hr"], "patch_size": g.patch_size, "batch_size": g.batch_size,
+                               "num_workers": 0, "cache": True},
+                     "val": val_section(data, ["psnr", "ssim", niqe_metric(assets)])},
+            "objective": {
+                "pixel_weight": g.pixel_weight,
+                "perceptual": perceptual_section(assets),
+                "gan_type": "vanilla", "gan_weight": g.gan_weight,
+                "discriminator": {"arch": "vgg_discriminator", "pretrained": d_init,
+                                  "kwargs": {"num_feat": g.disc_feat, "input_size": g.patch_size}},
+            },
+            "optim": {"type": "adam", "lr": g.lr, "betas": [0.9, 0.999]},
+            "schedule": {"type": "multistep", "milestones": milestones, "gamma": 0.5},
+            "train": loop_section(g.iterations, g.val_points),
+        }
+    srgan = copy.deepcopy(base)
+    srgan["objective"]["type"] = "gan"
+    ranksrgan = copy.deepcopy(base)
+    ranksrgan["objective"].update({"type": "ranksrgan", "rank": rank})
+    return srgan, ranksrgan
+
+
+def ranker_config(profile: RankSRGANProfile, rank_dir: str, seed: int) -> dict:
+    paper = paper_config(profile, "ranker")
+    if paper is not None:
+        out = copy.deepcopy(paper)
+        out["seed"] = seed
+        out["objective"]["rank_dir"] = rank_dir
+        return out
+    r = profile.ranker
+    return {
+        "seed": seed, "scale": 1,
+        "model": {"arch": "ranker", "kwargs": {"in_nc": 3, "nf": r.nf, "depth": r.depth}},
+        "data": {"train": {"batch_size": r.batch_size, "num_workers": 0, "patch_size": profile.rank_data.patch_size}},
+        "objective": {"type": "ranker", "rank_dir": rank_dir, "loss": "margin", "margin": 0.5, "clamp": 5.0,
+                      "swap_order": r.swap_order, "val_batch_size": 8, "best_metric": "accuracy"},
+        "optim": {"type": "adam", "lr": r.lr, "betas": [0.9, 0.999], "weight_decay": 1e-4},
+        "schedule": {"type": "multistep", "milestones": [max(1, r.iterations * 2 // 3)], "gamma": 0.5},
+        "train": loop_section(r.iterations, r.val_points),
+    }
+
+
+def _initial_discriminator(config: dict, path: Path, seed: int) -> str:
+    """The discriminator both GAN runs start from, built once from ``seed`` (global RNG untouched)."""
+    import torch
+
+    from perceptsr.checkpoint import save_model
+    from perceptsr.config import ModelConfig, config_from_dict
+    from perceptsr.train.networks import build_discriminator
+
+    if not path.is_file():
+        d = {k: v for k, v in config["objective"]["discriminator"].items() if k != "pretrained"}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net, arch, kwargs = build_discriminator(config_from_dict(ModelConfig, d), config["data"]["train"]["patch_size"])
+        save_model(path, net, arch=arch, arch_kwargs=kwargs, extra={"reproduce": {"seed": seed, "role": "initial D"}})
+    return str(path)
+
+
+def plan(runner: Runner, profile: RankSRGANProfile, seeds: list[int]) -> list[Stage]:
+    """The stages of ``seeds`` in order (common ones first)."""
+    progress = runner.progress
+    stages = common_stages(runner, profile)
+
+    def data():
+        return runner.done("common/data")
+
+    def assets():
+        return runner.done("common/assets")
+
+    for seed in seeds:
+        key = f"seed_{seed}"
+
+        def psnr(d, seed=seed):
+            return train_stage(psnr_config(profile, data(), seed), d, METHODS["psnr"],
+                               f"perceptsr reproduce (stage seed_{seed}/psnr)", progress)
+
+        def configs(seed, ranker=None):
+            psnr_model = runner.done(f"seed_{seed}/psnr")["model"]
+            d_init = str(runner.out / f"seed_{seed}" / "srgan" / "net_d_init.safetensors")
+            return gan_configs(profile, data(), assets(), seed, psnr_model, d_init, ranker)
+
+        def srgan(d, seed=seed):
+            config, _ = configs(seed)
+            _initial_discriminator(config, Path(config["objective"]["discriminator"]["pretrained"]), seed)
+            return train_stage(config, d, METHODS["srgan"], f"perceptsr reproduce (stage seed_{seed}/srgan)", progress)
+
+        def rank_data(d, seed=seed):
+            return build_levels(profile, data(), assets(), runner.done(f"seed_{seed}/srgan")["model"],
+                                runner.done(f"seed_{seed}/psnr")["model"], d, seed, runner)
+
+        def ranker(d, seed=seed):
+            config = ranker_config(profile, runner.done(f"seed_{seed}/rank_data")["dataset"], seed)
+            return train_stage(config, d, "Ranker", f"perceptsr reproduce (stage seed_{seed}/ranker)", progress)
+
+        def ranksrgan(d, seed=seed):
+            _, config = configs(seed, runner.done(f"seed_{seed}/ranker")["model"])
+            return train_stage(config, d, METHODS["ranksrgan"], f"perceptsr reproduce (stage seed_{seed}/ranksrgan)",
+                               progress)
+
+        def evaluation(d, seed=seed):
+            models = {METHODS[m]: runner.done(f"seed_{seed}/{m}")["model"] for m in METHODS}
+            return evaluate_models(models, runner, d, save_images=seed == min(seeds))
+
+        stages += [
+            Stage(f"{key}/psnr", "PSNR pre-training", psnr, seed),
+            Stage(f"{key}/srgan", "SRGAN control from the PSNR model", srgan, seed),
+            Stage(f"{key}/rank_data", "rank dataset: HR / SRGAN / PSNR / bicubic patches labelled with NIQE",
+                  rank_data, seed),
+            Stage(f"{key}/ranker", "Ranker on the rank dataset", ranker, seed),
+            Stage(f"{key}/ranksrgan", "RankSRGAN from the same PSNR model", ranksrgan, seed),
+            Stage(f"{key}/eval", "evaluation (PSNR/SSIM sr-y, NIQE pirm, LPIPS)", evaluation, seed),
+        ]
+    return stages
+
+
+def build_levels(profile: RankSRGANProfile, data: dict, assets: dict, srgan_model: str, psnr_model: str,
+                 folder: Path, seed: int, runner: Runner) -> dict:
+    """The seed's rank dataset: levels HR (the training images) > SRGAN > PSNR > bicubic, each SR level
+    made from the training LR, labelled with the run's NIQE; returns its counts and label consistency."""
+    from perceptsr.ranksrgan import RankDataOptions, RankLevel, build_rank_dataset, prepare_level
+
+    r = profile.rank_data
+    lr_dir = data["train_lr"]
+    levels = [RankLevel("hr", data["train_hr"], hr=True)]
+    levels += [prepare_level(name, source, lr_dir, folder, scale=SCALE, progress=runner.progress)
+               for name, source in (("srgan", srgan_model), ("psnr", psnr_model), ("bicubic", "bicubic"))]
+    options = RankDataOptions(patch_size=r.patch_size, stride=r.stride, max_patches=r.max_patches,
+                              valid_fraction=r.valid_fraction, split_by=r.split_by,
+                              texture_threshold=r.texture_threshold, texture_level=r.texture_level,
+                              gap_levels=tuple(r.gap_levels), min_gap=r.min_gap, metric=niqe_metric(assets),
+                              seed=seed, scale=SCALE)
+    summary = build_rank_dataset(levels, folder / "dataset", options, workers=profile.workers, device="cpu"
+                                 if profile.workers else None, progress=runner.progress)
+    return {"dataset": str(folder / "dataset"), "levels": [lv.name for lv in levels],
+            "triplets": summary["triplets"], "filters": summary["filters"],
+            "consistency": summary.get("consistency")}
+
+
+# ------------------------------------------------------------------------------------------------
+# summary and report
+
+
+def _diff(a, b):
+    return None if a is None or b is None else a - b
+
+
+def _ranker_metrics(done: dict) -> dict:
+    """The Ranker's held-out scores at its last iteration: the four required ones, then any other
+    the objective logs (e.g. per-location SROCC / Kendall)."""
+    val = {k.split("/", 1)[1]: v for k, v in done["val"].items() if k.startswith("val/")}
+    return {**{k: val.get(k) for k in RANKER_METRICS}, **{k: v for k, v in val.items() if k not in RANKER_METRICS}}
+
+
+def summarise(runner: Runner, seeds: list[int]) -> dict:
+    """The ``summary.json`` body: per finished seed, then mean and std over them."""
+    from perceptsr.reproduce.summary import REPORTED, aggregate, metric_table
+
+    per_seed = {}
+    for seed in seeds:
+        ev = runner.done(f"seed_{seed}/eval")
+        if ev is None:
+            continue
+        datasets = {}
+        for ds, models in metric_table(ev["results"]).items():
+            entry = {key: models.get(name) for key, name in METHODS.items()}
+            entry["ranksrgan_minus_srgan"] = {k: _diff(entry["ranksrgan"][k], entry["srgan"][k]) for k in REPORTED}
+            datasets[ds] = entry
+        rank = runner.done(f"seed_{seed}/rank_data")
+        per_seed[str(seed)] = {
+            "ranker": _ranker_metrics(runner.done(f"seed_{seed}/ranker")),
+            "rank_data": {"triplets": rank["triplets"], "filters": rank["filters"], "consistency": rank["consistency"]},
+            "datasets": datasets,
+        }
+    mean, std = aggregate(list(per_seed.values()))
+    lower = {}
+    for entry in per_seed.values():
+        for ds, d in entry["datasets"].items():
+            delta = d["ranksrgan_minus_srgan"]["niqe"]
+            lower.setdefault(ds, 0)
+            lower[ds] += int(delta is not None and delta < 0)
+    assets, data = runner.done("common/assets"), runner.done("common/data")
+    bicubic = runner.done("common/bicubic")
+    return {
+        "seeds_done": [int(s) for s in per_seed],
+        "complete": len(per_seed) == len(seeds),
+        "niqe_model": assets["niqe"]["model"],
+        "vgg": assets["vgg"]["about"],
+        "lpips": "LPIPS-alex v0.1 (sr-rgb: RGB, crop 4)" if assets["lpips_available"] else "not available (no weights)",
+        "evaluation": {"datasets": data["eval"], "protocols": runner.done(f"seed_{min(int(s) for s in per_seed)}/eval")
+                       ["metric_protocols"] if per_seed else None, "notes": data["notes"]},
+        "per_seed": per_seed,
+        "mean": mean,
+        "std": std,
+        "ranksrgan_niqe_lower_than_srgan": {ds: f"{k} of {len(per_seed)} seeds" for ds, k in lower.items()},
+        "baselines": {"bicubic": {ds: m.get("bicubic") for ds, m in metric_table(bicubic["results"]).items()}},
+    }
+
+
+def write_report(runner: Runner, body: dict, path: Path) -> Path:
+    """``report.html``: tables, PD planes (per-seed points and means) and the validation curves."""
+    from perceptsr.reproduce.figures import curve_figure, mean_pm, pd_figure, table_html, write_page
+
+    stem = path.with_suffix("")
+    sections: list[tuple[str, str | bytes]] = []
+    per_seed, mean, std = body["per_seed"], body["mean"], body["std"]
+    intro = (f"<p class=\"muted\">Seeds finished: {body['seeds_done']}. NIQE: {body['niqe_model']}; perceptual loss: "
+             f"{body['vgg']}; LPIPS: {body['lpips']}. Mean ± sample std over seeds.</p>")
+    rows = []
+    for ds in mean.get("datasets", {}):
+        for key, name in METHODS.items():
+            m, s = mean["datasets"][ds].get(key, {}), std["datasets"][ds].get(key, {})
+            rows.append([ds, name] + [mean_pm(m.get(k), s.get(k), 2 if k == "psnr" else 4)
+                                      for k in ("psnr", "ssim", "niqe", "lpips")])
+        b = body["baselines"]["bicubic"].get(ds) or {}
+        rows.append([ds, "bicubic"] + [mean_pm(b.get(k), None, 2 if k == "psnr" else 4)
+                                       for k in ("psnr", "ssim", "niqe", "lpips")])
+    sections.append(("Results", intro + table_html(["dataset", "model", "PSNR (dB)", "SSIM", "NIQE", "LPIPS"], rows)))
+    r, rs = mean.get("ranker", {}), std.get("ranker", {})
+    columns = {"accuracy": "within-location accuracy", "hard_accuracy": "hard-pair accuracy", "srocc": "SROCC",
+               "kendall": "Kendall", "location_srocc": "per-location SROCC", "location_kendall": "per-location Kendall"}
+    shown = [k for k in columns if k in r]
+    sections.append(("Ranker on the held-out rank patches", table_html(
+        [columns[k] for k in shown], [[mean_pm(r.get(k), rs.get(k), 3) for k in shown]])))
+    for metric in ("niqe", "lpips"):
+        points = {}
+        for ds in mean.get("datasets", {}):
+            points[ds] = {name: [(e["datasets"][ds][key]["psnr"], e["datasets"][ds][key][metric])
+                                 for e in per_seed.values() if ds in e["datasets"]]
+                          for key, name in METHODS.items()}
+            b = body["baselines"]["bicubic"].get(ds) or {}
+            points[ds]["bicubic"] = [(b.get("psnr"), b.get(metric))]
+        png = pd_figure(points, metric, stem.with_name(f"{stem.name}_pd_{metric}.png"))
+        if png is not None:
+            sections.append((f"Perception-distortion plane (PSNR vs {metric.upper()})", png))
+    runs = {name: [Path(runner.done(f"seed_{s}/{key}")["run_dir"]) / "tb" for s in body["seeds_done"]]
+            for key, name in METHODS.items() if key != "psnr"}
+    png = curve_figure(runs, [("val/niqe", "NIQE ↓"), ("val/psnr", "PSNR (dB) ↑")], stem.with_name(f"{stem.name}_curves.png"))
+    if png is not None:
+        sections.append(("Validation curves of the two runs (same init, data order and iterations)", png))
+    return write_page(path, f"perceptsr reproduce ranksrgan ({runner.profile})", sections)
