@@ -50,6 +50,18 @@ def val_section(data: dict, metrics: list[str]) -> dict:
     return {"hr_dir": val["hr_dir"], "lr_dir": val["lr_dir"], "log_images": 1, "metrics": metrics}
 
 
+def run_sections(profile, data: dict, seed: int, stage, val_metrics: list[str], pretrained: str | None = None) -> dict:
+    """The sections every profile-built run shares: seed, scale, the profile's generator (initialised
+    from ``pretrained`` if given) and ``data`` with ``stage``'s patch and batch size."""
+    model = {"arch": profile.generator.arch, "kwargs": dict(profile.generator.kwargs)}
+    if pretrained is not None:
+        model["pretrained"] = pretrained
+    train = {"hr_dir": data["train_hr"], "patch_size": stage.patch_size, "batch_size": stage.batch_size,
+             "num_workers": 0, "cache": True}
+    return {"seed": seed, "scale": SCALE, "model": model,
+            "data": {"train": train, "val": val_section(data, val_metrics)}}
+
+
 def perceptual_section(assets: dict) -> dict:
     """VGG19-54 feature L1 with the weights found offline (Caffe weights get weight 1/58: see data.py)."""
     vgg = assets["vgg"]
@@ -72,11 +84,7 @@ def psnr_config(profile, data: dict, seed: int) -> dict:
         return {**paper, "seed": seed}
     p = profile.psnr
     return {
-        "seed": seed, "scale": SCALE,
-        "model": {"arch": profile.generator.arch, "kwargs": dict(profile.generator.kwargs)},
-        "data": {"train": {"hr_dir": data["train_hr"], "patch_size": p.patch_size, "batch_size": p.batch_size,
-                           "num_workers": 0, "cache": True},
-                 "val": val_section(data, ["psnr", "ssim"])},
+        **run_sections(profile, data, seed, p, ["psnr", "ssim"]),
         "objective": {"type": "psnr", "loss": "l1"},
         "optim": {"type": "adam", "lr": p.lr, "betas": [0.9, 0.99]},
         "schedule": {"type": "cosine", "periods": [p.iterations], "restart_weights": [1.0], "eta_min": p.lr / 100},

@@ -36,9 +36,8 @@ from perceptsr.reproduce.common import (
     paper_config,
     perceptual_section,
     psnr_config,
-    val_section,
+    run_sections,
 )
-from perceptsr.reproduce.data import SCALE
 from perceptsr.reproduce.profiles import EAAdamProfile
 from perceptsr.reproduce.runner import Runner, Stage, loop_section, train_stage
 
@@ -76,11 +75,7 @@ def population_configs(profile: EAAdamProfile, data: dict, assets: dict, seed: i
     else:
         iterations = e.iterations
         base = {
-            "seed": seed, "scale": SCALE,
-            "model": {"arch": profile.generator.arch, "kwargs": dict(profile.generator.kwargs), "pretrained": psnr_model},
-            "data": {"train": {"hr_dir": data["train_hr"], "patch_size": e.patch_size, "batch_size": e.batch_size,
-                               "num_workers": 0, "cache": True},
-                     "val": val_section(data, ["psnr", "ssim"])},
+            **run_sections(profile, data, seed, e, ["psnr", "ssim"], pretrained=psnr_model),
             "optim": {"type": "adam", "lr": e.lr, "betas": [0.9, 0.999]},
             "schedule": {"type": "constant"},
             "train": loop_section(e.iterations, 1),
@@ -133,11 +128,7 @@ def fusion_config(profile: EAAdamProfile, data: dict, assets: dict, seed: int, p
         return out
     f, e = profile.fusion, profile.ea
     return {
-        "seed": seed, "scale": SCALE,
-        "model": {"arch": profile.generator.arch, "kwargs": dict(profile.generator.kwargs)},
-        "data": {"train": {"hr_dir": data["train_hr"], "patch_size": f.patch_size, "batch_size": f.batch_size,
-                           "num_workers": 0, "cache": True},
-                 "val": val_section(data, ["psnr", "ssim"])},
+        **run_sections(profile, data, seed, f, ["psnr", "ssim"]),
         "optim": {"type": "adam", "lr": f.lr, "betas": [0.9, 0.999]},
         "schedule": {"type": "constant"},
         "train": loop_section(f.iterations, f.val_points),

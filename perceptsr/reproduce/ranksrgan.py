@@ -35,7 +35,7 @@ from perceptsr.reproduce.common import (
     paper_config,
     perceptual_section,
     psnr_config,
-    val_section,
+    run_sections,
 )
 from perceptsr.reproduce.data import SCALE, niqe_metric
 from perceptsr.reproduce.profiles import RankSRGANProfile
@@ -65,11 +65,7 @@ def gan_configs(profile: RankSRGANProfile, data: dict, assets: dict, seed: int, 
         g = profile.gan
         milestones = sorted({max(1, int(round(f * g.iterations))) for f in g.halve_at})
         base = {
-            "seed": seed, "scale": SCALE,
-            "model": {"arch": profile.generator.arch, "kwargs": dict(profile.generator.kwargs), "pretrained": psnr_model},
-            "data": {"train": {"hr_dir": data["train_hr"], "patch_size": g.patch_size, "batch_size": g.batch_size,
-                               "num_workers": 0, "cache": True},
-                     "val": val_section(data, ["psnr", "ssim", niqe_metric(assets)])},
+            **run_sections(profile, data, seed, g, ["psnr", "ssim", niqe_metric(assets)], pretrained=psnr_model),
             "objective": {
                 "pixel_weight": g.pixel_weight,
                 "perceptual": perceptual_section(assets),
