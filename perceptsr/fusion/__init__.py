@@ -39,9 +39,9 @@ from perceptsr.fusion.network import DynamicNetwork, collapse, fuse_state_dicts,
 from perceptsr.fusion.objective import FusionObjective, attention_for
 from perceptsr.fusion.plan import STATIC_POLICIES
 from perceptsr.fusion.run import fuse_run
+from perceptsr.fusion.positions import expert_position, fused_tradeoff
 from perceptsr.fusion.tradeoff import (
-    build_tradeoff_model, expert_position, fused_tradeoff, interpolate_fusion_weights, interpolate_population,
-    load_tradeoff_model,
+    build_tradeoff_model, interpolate_fusion_weights, interpolate_population, load_tradeoff_model,
 )
 
 __all__ = [

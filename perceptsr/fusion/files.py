@@ -22,6 +22,7 @@ from torch import nn
 
 from perceptsr.state_dicts import listing
 from perceptsr.errors import ConfigError
+from perceptsr.fusion.positions import fused_tradeoff
 
 __all__ = [
     "FUSION_ARCH", "FUSION_WEIGHTS_FILE", "CHECKPOINT_SUFFIXES", "member_index", "sort_expert_files", "member_files",
@@ -131,8 +132,6 @@ def save_fused_model(
     measured: :func:`perceptsr.fusion.output_gap`); the checkpoint's ``extra["fusion"]`` holds the
     same record. Returns ``(checkpoint_path, json_path)``. Note: one JSON per folder (the fixed name).
     """
-    from perceptsr.fusion.tradeoff import fused_tradeoff
-
     from perceptsr.checkpoint import atomic_write, save_model
 
     path = Path(path)

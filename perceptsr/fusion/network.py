@@ -41,13 +41,13 @@ from perceptsr.fusion.files import member_files
 from perceptsr.fusion.layers import (
     DYNAMIC_CLASSES, LAYER_TYPES, AttentionConfig, BatchContext, DynamicLayer, as_vector, default_attention_config,
 )
+from perceptsr.fusion.positions import WeightsLike
 from perceptsr.fusion.plan import (
     ExpertLike, StateDict, layer_key, make_template, plan_layers, read_experts, replace_modules, static_vector,
 )
 
-__all__ = ["DynamicNetwork", "WeightsLike", "StaticLike", "load_attention", "fuse_state_dicts", "collapse"]
+__all__ = ["DynamicNetwork", "StaticLike", "load_attention", "fuse_state_dicts", "collapse"]
 
-WeightsLike = Union[Mapping[str, Any], torch.Tensor, Sequence[float]]
 #: a static policy name, or the K weights to mix differing static tensors with
 StaticLike = Union[str, torch.Tensor, Sequence[float]]
 

@@ -31,12 +31,11 @@ from torch import nn
 from perceptsr.state_dicts import key_report, listing
 from perceptsr.errors import CheckpointError, ConfigError
 from perceptsr.fusion.files import FUSION_WEIGHTS_FILE, load_fusion_weights, member_files
-from perceptsr.fusion.layers import as_vector
-from perceptsr.fusion.network import WeightsLike, fuse_state_dicts
+from perceptsr.fusion.network import fuse_state_dicts
 from perceptsr.fusion.plan import StateDict, static_vector
+from perceptsr.fusion.positions import WeightsLike, count_experts, expert_position, fused_tradeoff, weight_vectors
 
-__all__ = ["expert_position", "fused_tradeoff", "interpolate_population", "interpolate_fusion_weights",
-           "build_tradeoff_model", "load_tradeoff_model"]
+__all__ = ["interpolate_population", "interpolate_fusion_weights", "build_tradeoff_model", "load_tradeoff_model"]
 
 #: ``t`` this close (in expert positions) to the fused model's own position gives the fused weights exactly
 _SNAP = 1e-9
@@ -91,41 +90,6 @@ def interpolate_population(state_dicts: Sequence[Mapping[str, torch.Tensor]], t:
     return _lerp_state_dicts(sds[i], sds[i + 1], a, (f"member {i}", f"member {i + 1}"))
 
 
-def _vector(vec: Any, k: int | None, what: str) -> torch.Tensor:
-    v = torch.as_tensor(vec, dtype=torch.float64).reshape(-1)
-    return as_vector(v, k or v.numel(), what)
-
-
-def _vectors(weights: WeightsLike, k: int | None) -> dict[str, torch.Tensor] | torch.Tensor:
-    if isinstance(weights, Mapping):
-        if not weights:
-            raise ConfigError("fusion weights: no layers given")
-        return {n: _vector(v, k, f"fusion weights of layer {n!r}") for n, v in weights.items()}
-    return _vector(weights, k, "fusion weights")
-
-
-def _count(vecs: dict[str, torch.Tensor] | torch.Tensor) -> int:
-    return next(iter(vecs.values())).numel() if isinstance(vecs, dict) else vecs.numel()
-
-
-def expert_position(weights: WeightsLike) -> float:
-    """The mean expert index ``Σ_j j w_j`` of a K-vector, or its mean over layers for
-    ``{layer: K-vector}``: 0 is expert 0, K-1 the most perceptual expert (member i of a population
-    is at i)."""
-    vecs = _vectors(weights, None)
-    stack = torch.stack(list(vecs.values())) if isinstance(vecs, dict) else vecs[None]
-    index = torch.arange(stack.shape[1], dtype=torch.float64)
-    return float((stack @ index).mean())
-
-
-def fused_tradeoff(weights: WeightsLike) -> float:
-    """The ``t`` at which :func:`interpolate_fusion_weights` returns ``weights`` themselves:
-    their expert position / (K - 1)."""
-    vecs = _vectors(weights, None)
-    k = _count(vecs)
-    return expert_position(vecs) / (k - 1) if k > 1 else 0.0
-
-
 def _path(t: float, k: int, center: float) -> tuple[int, float]:
     """``(target expert, a)``: ``lerp(w, one_hot(target), a)`` is at position ``t (K - 1)`` when ``w``
     is at ``center`` (expert positions are linear in the weights)."""
@@ -150,8 +114,8 @@ def interpolate_fusion_weights(weights: WeightsLike, t: float, *,
     K-vector (the result has the same form).
     """
     t = _check_t(t)
-    vecs = _vectors(weights, num_experts)
-    target, a = _path(t, _count(vecs), expert_position(vecs))
+    vecs = weight_vectors(weights, num_experts)
+    target, a = _path(t, count_experts(vecs), expert_position(vecs))
     return _move(vecs, target, a)
 
 
@@ -216,7 +180,7 @@ def build_tradeoff_model(
         for p, m in zip(files[1:], models[1:]):
             if arch_of(m) != arch_of(models[0]):
                 raise CheckpointError(f"{p}: architecture {arch_of(m)} differs from {files[0]}'s {arch_of(models[0])}")
-        vecs = _vectors(fusion_weights, k)
+        vecs = weight_vectors(fusion_weights, k)
         center = expert_position(vecs)
         target, a = _path(t, k, center)
         w = _move(vecs, target, a)
