@@ -201,11 +201,16 @@ def kill_inside_save(proc: subprocess.Popen, ckpts: Path, target: int, stage: st
     return "never: the run ended first"
 
 
-def kill_after(proc: subprocess.Popen, run: Path, delay: float) -> str:
+def _still_running_after(proc: subprocess.Popen, delay: float) -> bool:
+    """Wait ``delay`` s (or until the process ends); True if it is still running."""
     started = time.monotonic()
     while proc.poll() is None and time.monotonic() - started < delay:
         time.sleep(0.002)
-    if proc.poll() is not None:
+    return proc.poll() is None
+
+
+def kill_after(proc: subprocess.Popen, run: Path, delay: float) -> str:
+    if not _still_running_after(proc, delay):
         return "never: the run ended first"
     proc.send_signal(signal.SIGKILL)
     it = logged_iteration(run)
@@ -216,10 +221,7 @@ def sigterm_after_first_iteration(proc: subprocess.Popen, run: Path, delay: floa
     """Wait for the first logged iteration (the stop handler is installed), then ``delay`` s, then SIGTERM."""
     while proc.poll() is None and logged_iteration(run) is None:
         time.sleep(0.005)
-    started = time.monotonic()
-    while proc.poll() is None and time.monotonic() - started < delay:
-        time.sleep(0.002)
-    if proc.poll() is not None:
+    if not _still_running_after(proc, delay):
         return "never: the run ended first"
     proc.send_signal(signal.SIGTERM)
     it = logged_iteration(run)
