@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds 0..N-1 (default 1); more seeds "
                         "can be added to a folder later, never fewer")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder; re-running continues it")
+    parser.add_argument("--ablation", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="also run each seed with these profile fields changed (e.g. rank_bn_mode=train, "
+                             "rank_weight=0.01, ranker.iterations=2000, ea.t_ea=12; tuples: a:b); only the "
+                             "stages that read them are run again. Repeatable; kept in the folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -30,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from perceptsr.reproduce.runner import StageStopped
 
     try:
-        summary = run_reproduce(args.experiment, args.profile, args.seeds, args.out, progress=not args.no_progress)
+        summary = run_reproduce(args.experiment, args.profile, args.seeds, args.out, progress=not args.no_progress,
+                                ablations=args.ablation)
     except StageStopped as exc:
         print(f"perceptsr reproduce: {exc}", file=sys.stderr)
         return EXIT_STOPPED

@@ -38,6 +38,7 @@ from perceptsr.reproduce.common import (
     psnr_config,
     run_sections,
 )
+from perceptsr.reproduce.graph import Ablation, SeedContext, SeedStage, seed_contexts, seed_plan
 from perceptsr.reproduce.profiles import EAAdamProfile
 from perceptsr.reproduce.runner import Runner, Stage, loop_section, train_stage
 
@@ -139,88 +140,94 @@ def fusion_config(profile: EAAdamProfile, data: dict, assets: dict, seed: int, p
     }
 
 
-def plan(runner: Runner, profile: EAAdamProfile, seeds: list[int]) -> list[Stage]:
-    progress = runner.progress
-    stages = common_stages(runner, profile)
+def _data(ctx: SeedContext) -> dict:
+    return ctx.runner.done("common/data")
 
-    def data():
-        return runner.done("common/data")
 
-    for seed in seeds:
-        key = f"seed_{seed}"
+def _psnr(ctx: SeedContext, folder: Path) -> dict:
+    return train_stage(psnr_config(ctx.profile, _data(ctx), ctx.seed), folder, "PSNR", ctx.command("psnr"),
+                       ctx.runner.progress)
 
-        def configs(seed):
-            return population_configs(profile, data(), runner.done("common/assets"), seed,
-                                      runner.done(f"seed_{seed}/psnr")["model"])
 
-        def psnr(d, seed=seed):
-            return train_stage(psnr_config(profile, data(), seed), d, "PSNR",
-                               f"perceptsr reproduce (stage seed_{seed}/psnr)", progress)
+def _population_stage(index: int, name: str, stage: str):
+    def run(ctx: SeedContext, folder: Path) -> dict:
+        config = population_configs(ctx.profile, _data(ctx), ctx.runner.done("common/assets"), ctx.seed,
+                                    ctx.done("psnr")["model"])[index]
+        result = _population(train_stage(config, folder, name, ctx.command(stage), ctx.runner.progress))
+        trainable = config["objective"]["population"] - 1  # individual 0 is frozen
+        result["budget"] = _budget(result["run_dir"], trainable, config["train"]["iterations"])
+        return result
 
-        def population(d, index, name, seed=seed, stage="ea_adam"):
-            config = configs(seed)[index]
-            result = _population(train_stage(config, d, name, f"perceptsr reproduce (stage seed_{seed}/{stage})",
-                                             progress))
-            trainable = config["objective"]["population"] - 1  # individual 0 is frozen
-            result["budget"] = _budget(result["run_dir"], trainable, config["train"]["iterations"])
-            return result
+    return run
 
-        def fusion(d, seed=seed):
-            from perceptsr.fusion import fuse_run
 
-            ea = runner.done(f"seed_{seed}/ea_adam")
-            config = fusion_config(profile, data(), runner.done("common/assets"), seed, ea["population"],
-                                   ea["discriminator"])
-            result = train_stage(config, d, "fusion", f"perceptsr reproduce (stage seed_{seed}/fusion)", progress)
-            fused, weights_json, _ = fuse_run(result["checkpoint"], data()["train_lr"], d / "fused" / "ea_adam_fused.safetensors",
-                                              max_images=profile.fuse_images)
-            record = json.loads(Path(weights_json).read_text(encoding="utf-8"))
-            result.update({"fused": str(fused), "fusion_weights": str(weights_json),
-                           "output_gap": record.get("output_gap"), "tradeoff_t": record.get("tradeoff_t"),
-                           "fuse_command": f"perceptsr fuse {result['run_dir']} --lr-dir {data()['train_lr']} "
-                                           f"--max-images {profile.fuse_images} --output {fused}"})
-            return result
+def _fusion(ctx: SeedContext, folder: Path) -> dict:
+    from perceptsr.fusion import fuse_run
 
-        def evaluation(d, seed=seed):
-            from perceptsr.fusion.tradeoff import load_tradeoff_model
+    ea, data, profile = ctx.done("ea_adam"), _data(ctx), ctx.profile
+    config = fusion_config(profile, data, ctx.runner.done("common/assets"), ctx.seed, ea["population"],
+                           ea["discriminator"])
+    result = train_stage(config, folder, "fusion", ctx.command("fusion"), ctx.runner.progress)
+    fused, weights_json, _ = fuse_run(result["checkpoint"], data["train_lr"], folder / "fused" / "ea_adam_fused.safetensors",
+                                      max_images=profile.fuse_images)
+    record = json.loads(Path(weights_json).read_text(encoding="utf-8"))
+    result.update({"fused": str(fused), "fusion_weights": str(weights_json),
+                   "output_gap": record.get("output_gap"), "tradeoff_t": record.get("tradeoff_t"),
+                   "fuse_command": f"perceptsr fuse {result['run_dir']} --lr-dir {data['train_lr']} "
+                                   f"--max-images {profile.fuse_images} --output {fused}"})
+    return result
 
-            ea, ws = runner.done(f"seed_{seed}/ea_adam"), runner.done(f"seed_{seed}/ws_adam")
-            fused = runner.done(f"seed_{seed}/fusion")["fused"]
-            models = {"PSNR": runner.done(f"seed_{seed}/psnr")["model"]}
-            models.update({f"{EA} {i}": m for i, m in enumerate(ea["members"]) if i > 0})
-            models.update({f"{WS} {i}": m for i, m in enumerate(ws["members"]) if i > 0})
-            models[FUSED] = fused
-            models.update({f"tradeoff {t:g}": load_tradeoff_model(fused, t) for t in profile.sweep})
-            return evaluate_models(models, runner, d, save_images=seed == min(seeds))
 
-        stages += [
-            Stage(f"{key}/psnr", "PSNR pre-training (the initialisation of both populations)", psnr, seed),
-            Stage(f"{key}/ea_adam", "EA-Adam population: normalised-gradient Adam + EA phases",
-                  lambda d, seed=seed: population(d, 0, EA, seed, "ea_adam"), seed),
-            Stage(f"{key}/ws_adam", "weighted-sum Adam population: same preferences, init and Adam steps, no EA",
-                  lambda d, seed=seed: population(d, 1, WS, seed, "ws_adam"), seed),
-            Stage(f"{key}/fusion", "fusion (stage B) and collapse into one plain model (stage C)", fusion, seed),
-            Stage(f"{key}/eval", "evaluation of both populations, the fused model and the trade-off sweep",
-                  evaluation, seed),
-        ]
-    return stages
+def _evaluation(ctx: SeedContext, folder: Path) -> dict:
+    """Every model of this plan (an ablation: the populations it retrained, the fused model and sweep)."""
+    from perceptsr.fusion.tradeoff import load_tradeoff_model
+
+    models = {"PSNR": ctx.done("psnr")["model"]} if "psnr" in ctx.fresh else {}
+    for stage, name in (("ea_adam", EA), ("ws_adam", WS)):
+        if stage in ctx.fresh:
+            models.update({f"{name} {i}": m for i, m in enumerate(ctx.done(stage)["members"]) if i > 0})
+    fused = ctx.done("fusion")["fused"]
+    models[FUSED] = fused
+    models.update({f"tradeoff {t:g}": load_tradeoff_model(fused, t) for t in ctx.profile.sweep})
+    return evaluate_models(models, ctx.runner, folder, save_images=ctx.first_seed and ctx.ablation is None)
+
+
+#: what weighted-sum Adam's run depends on (not the EA phase's settings, which it never uses)
+_WS_READS = tuple(f"ea.{k}" for k in ("iterations", "patch_size", "batch_size", "lr", "population", "disc_feat",
+                                     "gan_weight"))
+
+#: one seed's stages; ``reads`` / ``after`` say what an ablation must run again (:mod:`.graph`)
+SEED_STAGES = [
+    SeedStage("psnr", "PSNR pre-training (the initialisation of both populations)", _psnr,
+              reads=("generator", "psnr")),
+    SeedStage("ea_adam", "EA-Adam population: normalised-gradient Adam + EA phases", _population_stage(0, EA, "ea_adam"),
+              reads=("generator", "ea"), after=("psnr",)),
+    SeedStage("ws_adam", "weighted-sum Adam population: same preferences, init and Adam steps, no EA",
+              _population_stage(1, WS, "ws_adam"), reads=("generator", *_WS_READS), after=("psnr",)),
+    SeedStage("fusion", "fusion (stage B) and collapse into one plain model (stage C)", _fusion,
+              reads=("fusion", "fuse_images", "ea.gan_weight", "ea.disc_feat"), after=("ea_adam",)),
+    SeedStage("eval", "evaluation of both populations, the fused model and the trade-off sweep", _evaluation,
+              reads=("sweep",), after=("psnr", "ea_adam", "ws_adam", "fusion")),
+]
+
+
+def plan(runner: Runner, profile: EAAdamProfile, seeds: list[int], ablations: list[Ablation] = ()) -> list[Stage]:
+    """The stages of ``seeds`` in order (common ones first), each seed's ablations after it."""
+    return common_stages(runner, profile) + seed_plan(runner, profile, seeds, SEED_STAGES, list(ablations))
 
 
 # ------------------------------------------------------------------------------------------------
 # summary and report
 
 
-def _seed_entry(runner: Runner, seed: int, profile_sweep, bicubic: dict) -> dict:
-    from perceptsr.reproduce.summary import metric_table
-
-    ev = runner.done(f"seed_{seed}/eval")
-    ea, ws, fusion = (runner.done(f"seed_{seed}/{k}") for k in ("ea_adam", "ws_adam", "fusion"))
+def _seed_entry(ctx: SeedContext, bicubic: dict) -> dict:
+    ea, ws, fusion = (ctx.done(k) for k in ("ea_adam", "ws_adam", "fusion"))
     datasets = {}
-    for ds, models in metric_table(ev["results"]).items():
+    for ds, models in ctx.metric_table().items():
         n = len(ea["members"])
         ea_m = {f"member_{i}": models["PSNR" if i == 0 else f"{EA} {i}"] for i in range(n)}
         ws_m = {f"member_{i}": models["PSNR" if i == 0 else f"{WS} {i}"] for i in range(len(ws["members"]))}
-        sweep = {f"t={t:g}": models[f"tradeoff {t:g}"] for t in profile_sweep}
+        sweep = {f"t={t:g}": models[f"tradeoff {t:g}"] for t in ctx.profile.sweep}
         fused = models[FUSED]
         b = bicubic.get(ds) or {}
         ref = (None if b.get("psnr") is None or b.get("lpips") is None
@@ -246,25 +253,34 @@ def _seed_entry(runner: Runner, seed: int, profile_sweep, bicubic: dict) -> dict
             "datasets": datasets}
 
 
-def summarise(runner: Runner, seeds: list[int]) -> dict:
-    from perceptsr.reproduce.profiles import get_profile
-    from perceptsr.reproduce.summary import aggregate, metric_table
+def _seed_table(contexts: list[SeedContext], bicubic: dict) -> dict:
+    """``per_seed`` (finished seeds), ``mean``, ``std`` and the hypervolume win count of one plan."""
+    from perceptsr.reproduce.summary import aggregate
 
-    profile = get_profile("ea-adam", runner.profile)
-    bicubic = runner.done("common/bicubic")
-    base = {ds: m.get("bicubic") for ds, m in metric_table(bicubic["results"]).items()} if bicubic else {}
-    per_seed = {str(s): _seed_entry(runner, s, profile.sweep, base) for s in seeds
-                if runner.done(f"seed_{s}/eval") is not None}
+    per_seed = {str(c.seed): _seed_entry(c, bicubic) for c in contexts if c.done("eval") is not None}
     mean, std = aggregate(list(per_seed.values()))
-    wins = {}
+    wins: dict[str, int] = {}
     for entry in per_seed.values():
         for ds, d in entry["datasets"].items():
             delta = d["hypervolume"]["ea_minus_ws"]
             wins[ds] = wins.get(ds, 0) + int(delta is not None and delta > 0)
+    return {"per_seed": per_seed, "mean": mean, "std": std,
+            "ea_hypervolume_above_ws": {ds: f"{k} of {len(per_seed)} seeds" for ds, k in wins.items()}}
+
+
+def summarise(runner: Runner, profile: EAAdamProfile, seeds: list[int], ablations: list[Ablation] = ()) -> dict:
+    """The ``summary.json`` body: per finished seed, then mean and std over them; the same for each
+    ablation (``ablations.<label>``, with the stages it reran)."""
+    from perceptsr.reproduce.graph import rerun
+    from perceptsr.reproduce.summary import metric_table
+
+    bicubic = runner.done("common/bicubic")
+    base = {ds: m.get("bicubic") for ds, m in metric_table(bicubic["results"]).items()} if bicubic else {}
+    own = _seed_table(seed_contexts(runner, profile, seeds, SEED_STAGES), base)
     assets, data = runner.done("common/assets"), runner.done("common/data")
     return {
-        "seeds_done": [int(s) for s in per_seed],
-        "complete": len(per_seed) == len(seeds),
+        "seeds_done": [int(s) for s in own["per_seed"]],
+        "complete": len(own["per_seed"]) == len(seeds),
         "niqe_model": assets["niqe"]["model"] if assets else None,
         "vgg": assets["vgg"]["about"] if assets else None,
         "lpips": ("LPIPS-alex v0.1 (sr-rgb: RGB, crop 4)" if assets and assets["lpips_available"]
@@ -272,11 +288,11 @@ def summarise(runner: Runner, seeds: list[int]) -> dict:
         "hypervolume_reference": f"per dataset: (bicubic PSNR - {HV_PSNR_MARGIN:g} dB, bicubic LPIPS); PSNR on Y, "
                                  "LPIPS-alex; units dB x LPIPS",
         "evaluation": {"datasets": data["eval"] if data else None, "notes": data["notes"] if data else None},
-        "per_seed": per_seed,
-        "mean": mean,
-        "std": std,
-        "ea_hypervolume_above_ws": {ds: f"{k} of {len(per_seed)} seeds" for ds, k in wins.items()},
+        **own,
         "baselines": {"bicubic": base},
+        "ablations": {a.label: {"overrides": a.overrides, "reruns": rerun(SEED_STAGES, a.overrides),
+                                **_seed_table(seed_contexts(runner, profile, seeds, SEED_STAGES, a), base)}
+                      for a in ablations},
     }
 
 

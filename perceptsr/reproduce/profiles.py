@@ -47,7 +47,9 @@ __all__ = [
     "EAAdamProfile",
     "RANKSRGAN_PROFILES",
     "EA_ADAM_PROFILES",
+    "COMMON_FIELDS",
     "get_profile",
+    "override_profile",
     "profile_dict",
 ]
 
@@ -306,3 +308,58 @@ def profile_dict(profile) -> dict:
         return v
 
     return plain(dataclasses.asdict(profile))
+
+
+#: profile fields shared by every seed and stage (data, weights found offline, paper files): an
+#: ablation that changed them would be another experiment, so it is refused
+COMMON_FIELDS = ("name", "about", "data", "vgg", "paper_configs")
+
+
+def _coerce(text: str, current, key: str):
+    """``text`` as the type of the profile's ``current`` value (tuples: items separated by ``:``)."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError("not true or false")
+            return text.lower() == "true"
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, tuple):
+            items = [x for x in text.split(":") if x]
+            return tuple(_coerce(x, current[0], key) for x in items) if current else tuple(items)
+        if current is None or isinstance(current, str):
+            return text
+    except ValueError as exc:
+        raise ConfigError(f"ablation {key}={text}: not a {type(current).__name__} ({exc})") from None
+    raise ConfigError(f"ablation {key}: a {type(current).__name__} field can't be set from the command line")
+
+
+def override_profile(profile, overrides: dict[str, str]):
+    """A copy of ``profile`` with dotted ``overrides`` (``rank_weight``, ``ranker.iterations``) set;
+    each value is parsed as the type of the field it replaces. Unknown keys and the shared fields
+    (:data:`COMMON_FIELDS`) are refused with one line naming the key."""
+    import difflib
+
+    out = profile
+    for key, text in overrides.items():
+        path = key.split(".")
+        if path[0] in COMMON_FIELDS:
+            raise ConfigError(f"ablation {key}: {path[0]!r} is shared by every stage of the folder; an experiment with "
+                              f"another value needs its own --out folder")
+        chain = [out]
+        for i, part in enumerate(path):
+            node = chain[-1]
+            names = [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+            if part not in names:
+                where = ".".join(path[:i]) or "the profile"
+                hint = difflib.get_close_matches(part, names, n=1)
+                raise ConfigError(f"ablation {key}: {where} has no field {part!r}"
+                                  + (f"; did you mean {hint[0]!r}?" if hint else f" (fields: {', '.join(names)})"))
+            chain.append(getattr(node, part))
+        value = _coerce(text, chain[-1], key)
+        for node, part in zip(reversed(chain[:-1]), reversed(path)):
+            value = dataclasses.replace(node, **{part: value})
+        out = value
+    return out

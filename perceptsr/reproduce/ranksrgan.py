@@ -38,6 +38,7 @@ from perceptsr.reproduce.common import (
     run_sections,
 )
 from perceptsr.reproduce.data import SCALE, niqe_metric
+from perceptsr.reproduce.graph import Ablation, SeedContext, SeedStage, seed_contexts, seed_plan
 from perceptsr.reproduce.profiles import RankSRGANProfile
 from perceptsr.reproduce.runner import Runner, Stage, loop_section, train_stage
 
@@ -121,61 +122,71 @@ def _initial_discriminator(config: dict, path: Path, seed: int) -> str:
     return str(path)
 
 
-def plan(runner: Runner, profile: RankSRGANProfile, seeds: list[int]) -> list[Stage]:
-    """The stages of ``seeds`` in order (common ones first)."""
-    progress = runner.progress
-    stages = common_stages(runner, profile)
+def _data(ctx: SeedContext) -> dict:
+    return ctx.runner.done("common/data")
 
-    def data():
-        return runner.done("common/data")
 
-    def assets():
-        return runner.done("common/assets")
+def _assets(ctx: SeedContext) -> dict:
+    return ctx.runner.done("common/assets")
 
-    for seed in seeds:
-        key = f"seed_{seed}"
 
-        def psnr(d, seed=seed):
-            return train_stage(psnr_config(profile, data(), seed), d, METHODS["psnr"],
-                               f"perceptsr reproduce (stage seed_{seed}/psnr)", progress)
+def _gan_configs(ctx: SeedContext, ranker: str | None = None) -> tuple[dict, dict]:
+    d_init = str(ctx.runner.out / ctx.keys["srgan"] / "net_d_init.safetensors")
+    return gan_configs(ctx.profile, _data(ctx), _assets(ctx), ctx.seed, ctx.done("psnr")["model"], d_init, ranker)
 
-        def configs(seed, ranker=None):
-            psnr_model = runner.done(f"seed_{seed}/psnr")["model"]
-            d_init = str(runner.out / f"seed_{seed}" / "srgan" / "net_d_init.safetensors")
-            return gan_configs(profile, data(), assets(), seed, psnr_model, d_init, ranker)
 
-        def srgan(d, seed=seed):
-            config, _ = configs(seed)
-            _initial_discriminator(config, Path(config["objective"]["discriminator"]["pretrained"]), seed)
-            return train_stage(config, d, METHODS["srgan"], f"perceptsr reproduce (stage seed_{seed}/srgan)", progress)
+def _train(ctx: SeedContext, config: dict, folder: Path, stage: str, name: str) -> dict:
+    return train_stage(config, folder, name, ctx.command(stage), ctx.runner.progress)
 
-        def rank_data(d, seed=seed):
-            return build_levels(profile, data(), assets(), runner.done(f"seed_{seed}/srgan")["model"],
-                                runner.done(f"seed_{seed}/psnr")["model"], d, seed, runner)
 
-        def ranker(d, seed=seed):
-            config = ranker_config(profile, runner.done(f"seed_{seed}/rank_data")["dataset"], seed)
-            return train_stage(config, d, "Ranker", f"perceptsr reproduce (stage seed_{seed}/ranker)", progress)
+def _psnr(ctx: SeedContext, folder: Path) -> dict:
+    return _train(ctx, psnr_config(ctx.profile, _data(ctx), ctx.seed), folder, "psnr", METHODS["psnr"])
 
-        def ranksrgan(d, seed=seed):
-            _, config = configs(seed, runner.done(f"seed_{seed}/ranker")["model"])
-            return train_stage(config, d, METHODS["ranksrgan"], f"perceptsr reproduce (stage seed_{seed}/ranksrgan)",
-                               progress)
 
-        def evaluation(d, seed=seed):
-            models = {METHODS[m]: runner.done(f"seed_{seed}/{m}")["model"] for m in METHODS}
-            return evaluate_models(models, runner, d, save_images=seed == min(seeds))
+def _srgan(ctx: SeedContext, folder: Path) -> dict:
+    config, _ = _gan_configs(ctx)
+    _initial_discriminator(config, Path(config["objective"]["discriminator"]["pretrained"]), ctx.seed)
+    return _train(ctx, config, folder, "srgan", METHODS["srgan"])
 
-        stages += [
-            Stage(f"{key}/psnr", "PSNR pre-training", psnr, seed),
-            Stage(f"{key}/srgan", "SRGAN control from the PSNR model", srgan, seed),
-            Stage(f"{key}/rank_data", "rank dataset: HR / SRGAN / PSNR / bicubic patches labelled with NIQE",
-                  rank_data, seed),
-            Stage(f"{key}/ranker", "Ranker on the rank dataset", ranker, seed),
-            Stage(f"{key}/ranksrgan", "RankSRGAN from the same PSNR model", ranksrgan, seed),
-            Stage(f"{key}/eval", "evaluation (PSNR/SSIM sr-y, NIQE pirm, LPIPS)", evaluation, seed),
-        ]
-    return stages
+
+def _rank_data(ctx: SeedContext, folder: Path) -> dict:
+    return build_levels(ctx.profile, _data(ctx), _assets(ctx), ctx.done("srgan")["model"], ctx.done("psnr")["model"],
+                        folder, ctx.seed, ctx.runner)
+
+
+def _ranker(ctx: SeedContext, folder: Path) -> dict:
+    return _train(ctx, ranker_config(ctx.profile, ctx.done("rank_data")["dataset"], ctx.seed), folder, "ranker",
+                  "Ranker")
+
+
+def _ranksrgan(ctx: SeedContext, folder: Path) -> dict:
+    _, config = _gan_configs(ctx, ctx.done("ranker")["model"])
+    return _train(ctx, config, folder, "ranksrgan", METHODS["ranksrgan"])
+
+
+def _evaluation(ctx: SeedContext, folder: Path) -> dict:
+    """The trained models of this plan (an ablation: only those it retrained; the rest are the seed's)."""
+    models = {name: ctx.done(key)["model"] for key, name in METHODS.items() if key in ctx.fresh}
+    return evaluate_models(models, ctx.runner, folder, save_images=ctx.first_seed and ctx.ablation is None)
+
+
+#: one seed's stages; ``reads`` / ``after`` say what an ablation must run again (:mod:`.graph`)
+SEED_STAGES = [
+    SeedStage("psnr", "PSNR pre-training", _psnr, reads=("generator", "psnr")),
+    SeedStage("srgan", "SRGAN control from the PSNR model", _srgan, reads=("generator", "gan"), after=("psnr",)),
+    SeedStage("rank_data", "rank dataset: HR / SRGAN / PSNR / bicubic patches labelled with NIQE", _rank_data,
+              reads=("rank_data", "workers"), after=("psnr", "srgan")),
+    SeedStage("ranker", "Ranker on the rank dataset", _ranker, reads=("ranker",), after=("rank_data",)),
+    SeedStage("ranksrgan", "RankSRGAN from the same PSNR model", _ranksrgan,
+              reads=("generator", "gan", "rank_weight", "rank_bn_mode"), after=("psnr", "srgan", "ranker")),
+    SeedStage("eval", "evaluation (PSNR/SSIM sr-y, NIQE pirm, LPIPS)", _evaluation,
+              after=("psnr", "srgan", "ranksrgan")),
+]
+
+
+def plan(runner: Runner, profile: RankSRGANProfile, seeds: list[int], ablations: list[Ablation] = ()) -> list[Stage]:
+    """The stages of ``seeds`` in order (common ones first), each seed's ablations after it."""
+    return common_stages(runner, profile) + seed_plan(runner, profile, seeds, SEED_STAGES, list(ablations))
 
 
 def build_levels(profile: RankSRGANProfile, data: dict, assets: dict, srgan_model: str, psnr_model: str,
@@ -216,33 +227,43 @@ def _ranker_metrics(done: dict) -> dict:
     return {**{k: val.get(k) for k in RANKER_METRICS}, **{k: v for k, v in val.items() if k not in RANKER_METRICS}}
 
 
-def summarise(runner: Runner, seeds: list[int]) -> dict:
-    """The ``summary.json`` body: per finished seed, then mean and std over them."""
-    from perceptsr.reproduce.summary import REPORTED, aggregate, metric_table
+def _seed_entry(ctx: SeedContext) -> dict:
+    from perceptsr.reproduce.summary import REPORTED
 
-    per_seed = {}
-    for seed in seeds:
-        ev = runner.done(f"seed_{seed}/eval")
-        if ev is None:
-            continue
-        datasets = {}
-        for ds, models in metric_table(ev["results"]).items():
-            entry = {key: models.get(name) for key, name in METHODS.items()}
-            entry["ranksrgan_minus_srgan"] = {k: _diff(entry["ranksrgan"][k], entry["srgan"][k]) for k in REPORTED}
-            datasets[ds] = entry
-        rank = runner.done(f"seed_{seed}/rank_data")
-        per_seed[str(seed)] = {
-            "ranker": _ranker_metrics(runner.done(f"seed_{seed}/ranker")),
+    datasets = {}
+    for ds, models in ctx.metric_table().items():
+        entry = {key: models.get(name) for key, name in METHODS.items()}
+        entry["ranksrgan_minus_srgan"] = {k: _diff(entry["ranksrgan"][k], entry["srgan"][k]) for k in REPORTED}
+        datasets[ds] = entry
+    rank = ctx.done("rank_data")
+    return {"ranker": _ranker_metrics(ctx.done("ranker")),
             "rank_data": {"triplets": rank["triplets"], "filters": rank["filters"], "consistency": rank["consistency"]},
-            "datasets": datasets,
-        }
+            "datasets": datasets}
+
+
+def _seed_table(contexts: list[SeedContext]) -> dict:
+    """``per_seed`` (finished seeds), ``mean``, ``std`` and the NIQE win count of one plan."""
+    from perceptsr.reproduce.summary import aggregate
+
+    per_seed = {str(c.seed): _seed_entry(c) for c in contexts if c.done("eval") is not None}
     mean, std = aggregate(list(per_seed.values()))
-    lower = {}
+    lower: dict[str, int] = {}
     for entry in per_seed.values():
         for ds, d in entry["datasets"].items():
             delta = d["ranksrgan_minus_srgan"]["niqe"]
-            lower.setdefault(ds, 0)
-            lower[ds] += int(delta is not None and delta < 0)
+            lower[ds] = lower.get(ds, 0) + int(delta is not None and delta < 0)
+    return {"per_seed": per_seed, "mean": mean, "std": std,
+            "ranksrgan_niqe_lower_than_srgan": {ds: f"{k} of {len(per_seed)} seeds" for ds, k in lower.items()}}
+
+
+def summarise(runner: Runner, profile: RankSRGANProfile, seeds: list[int], ablations: list[Ablation] = ()) -> dict:
+    """The ``summary.json`` body: per finished seed, then mean and std over them; the same for each
+    ablation (``ablations.<label>``, with the stages it reran)."""
+    from perceptsr.reproduce.graph import rerun
+    from perceptsr.reproduce.summary import metric_table
+
+    own = _seed_table(seed_contexts(runner, profile, seeds, SEED_STAGES))
+    per_seed = own["per_seed"]
     assets, data = runner.done("common/assets"), runner.done("common/data")
     bicubic = runner.done("common/bicubic")
     return {
@@ -253,12 +274,33 @@ def summarise(runner: Runner, seeds: list[int]) -> dict:
         "lpips": "LPIPS-alex v0.1 (sr-rgb: RGB, crop 4)" if assets["lpips_available"] else "not available (no weights)",
         "evaluation": {"datasets": data["eval"], "protocols": runner.done(f"seed_{min(int(s) for s in per_seed)}/eval")
                        ["metric_protocols"] if per_seed else None, "notes": data["notes"]},
-        "per_seed": per_seed,
-        "mean": mean,
-        "std": std,
-        "ranksrgan_niqe_lower_than_srgan": {ds: f"{k} of {len(per_seed)} seeds" for ds, k in lower.items()},
+        **own,
         "baselines": {"bicubic": {ds: m.get("bicubic") for ds, m in metric_table(bicubic["results"]).items()}},
+        "ablations": {a.label: {"overrides": a.overrides, "reruns": rerun(SEED_STAGES, a.overrides),
+                                **_seed_table(seed_contexts(runner, profile, seeds, SEED_STAGES, a))}
+                      for a in ablations},
     }
+
+
+def _ablation_table(body: dict) -> str:
+    """One row per plan (the profile's own, then each ablation) and dataset: RankSRGAN's metrics,
+    its difference to the control, the seeds where its NIQE is lower, and the Ranker's accuracy."""
+    from perceptsr.reproduce.figures import mean_pm, table_html
+
+    plans = {"(profile)": {"reruns": [], **body}, **body["ablations"]}
+    rows = []
+    for label, t in plans.items():
+        mean, std = t["mean"], t["std"]
+        for ds in mean.get("datasets", {}):
+            m, s = mean["datasets"][ds]["ranksrgan"], std["datasets"][ds]["ranksrgan"]
+            d, ds_ = mean["datasets"][ds]["ranksrgan_minus_srgan"], std["datasets"][ds]["ranksrgan_minus_srgan"]
+            rows.append([label, ", ".join(t["reruns"]) or "-", ds,
+                         mean_pm(m.get("psnr"), s.get("psnr"), 2), mean_pm(m.get("niqe"), s.get("niqe"), 3),
+                         mean_pm(d.get("psnr"), ds_.get("psnr"), 2), mean_pm(d.get("niqe"), ds_.get("niqe"), 3),
+                         t["ranksrgan_niqe_lower_than_srgan"].get(ds, ""),
+                         mean_pm(mean.get("ranker", {}).get("accuracy"), std.get("ranker", {}).get("accuracy"), 3)])
+    return table_html(["plan", "stages rerun", "dataset", "RankSRGAN PSNR", "RankSRGAN NIQE", "Δ PSNR vs SRGAN",
+                       "Δ NIQE vs SRGAN", "NIQE lower", "Ranker accuracy"], rows)
 
 
 def write_report(runner: Runner, body: dict, path: Path) -> Path:
@@ -286,6 +328,8 @@ def write_report(runner: Runner, body: dict, path: Path) -> Path:
     shown = [k for k in columns if k in r]
     sections.append(("Ranker on the held-out rank patches", table_html(
         [columns[k] for k in shown], [[mean_pm(r.get(k), rs.get(k), 3) for k in shown]])))
+    if body.get("ablations"):
+        sections.append(("Ablations (each against the same seed's SRGAN control)", _ablation_table(body)))
     for metric in ("niqe", "lpips"):
         points = {}
         for ds in mean.get("datasets", {}):

@@ -1,7 +1,7 @@
 """Resumable, idempotent stages of a reproduction folder ``DIR``.
 
-* ``DIR/reproduce.json`` (the manifest): experiment, profile name and settings, seeds, and every
-  invocation. A later run on ``DIR`` must name the same experiment and profile with the same
+* ``DIR/reproduce.json`` (the manifest): experiment, profile name and settings, seeds, ablations
+  (:mod:`perceptsr.reproduce.graph`; a later run may add more) and every invocation. A later run on ``DIR`` must name the same experiment and profile with the same
   settings; it may add seeds (``--seeds 5`` after ``--seeds 3``), never drop them. Anything else is
   refused with a :class:`ReproduceError` naming the difference, before any file is touched.
 * A stage ``KEY`` (``common/data``, ``seed_0/srgan``, ...) works in ``DIR/KEY/`` and ends by writing
@@ -92,6 +92,7 @@ class Runner:
     seeds: list[int]
     command: str
     progress: bool = True
+    ablations: list[str] = field(default_factory=list)  # labels asked now; the manifest keeps all
     results: dict[str, dict] = field(default_factory=dict)
     stages: list[Stage] = field(default_factory=list)
     _bar: Any = None
@@ -117,13 +118,19 @@ class Runner:
             seeds = sorted(set(old["seeds"]) | set(self.seeds))
             if seeds != old["seeds"]:
                 self.say(f"adding seed(s) {sorted(set(seeds) - set(old['seeds']))} to {self.out}")
-            manifest = {**old, "seeds": seeds, "invocations": [*old.get("invocations", []), invocation]}
+            known = old.get("ablations", [])
+            added = [a for a in self.ablations if a not in known]
+            if added:
+                self.say(f"adding ablation(s) {added} to {self.out}")
+            manifest = {**old, "seeds": seeds, "ablations": known + added,
+                        "invocations": [*old.get("invocations", []), invocation]}
         else:
             if self.out.is_dir() and any(self.out.iterdir()):
                 raise ReproduceError(f"{self.out}: the folder is not empty and holds no {MANIFEST}; "
                                      f"choose a new --out folder")
             manifest = {"format": FORMAT, "experiment": self.experiment, "profile": self.profile,
-                        "settings": self.settings, "seeds": sorted(self.seeds), "invocations": [invocation]}
+                        "settings": self.settings, "seeds": sorted(self.seeds), "ablations": list(self.ablations),
+                        "invocations": [invocation]}
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(path, manifest)
         return manifest
