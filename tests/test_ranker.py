@@ -358,3 +358,29 @@ def test_release_layout_folders_are_read(tmp_path):
         RankGroups(root, "valid")
     with pytest.raises(ConfigError, match=r"no extra_label.txt .* nor \*_extra_patch_label.txt"):
         RankGroups(root, "extra")
+
+
+def test_crop_cuts_the_same_window_of_both_patches_and_validation_reports_it(rank_dir):
+    """``crop`` trains on co-located windows (what the rank loss sees on small GAN patches)."""
+    whole = RankPairDataset(rank_dir, seed=0)
+    cropped = RankPairDataset(rank_dir, seed=0, crop=40)
+    tops = set()
+    for j in range(len(whole)):
+        a, b = whole[(1, j)], cropped[(1, j)]
+        assert b["img1"].shape == (3, 40, 40) and (a["score1"], a["score2"]) == (b["score1"], b["score2"])
+        found = [(t, l) for t in range(25) for l in range(25)
+                 if torch.equal(a["img1"][:, t:t + 40, l:l + 40], b["img1"])
+                 and torch.equal(a["img2"][:, t:t + 40, l:l + 40], b["img2"])]
+        assert found, j  # one window, the same in both patches
+        tops.add(found[0])
+    assert len(tops) > 1  # the window moves between items
+    assert torch.equal(cropped[(1, 3)]["img1"], cropped[(1, 3)]["img1"])  # seeded
+    with pytest.raises(ConfigError, match="smaller than the Ranker crop 80"):
+        RankPairDataset(rank_dir, seed=0, crop=80)[0]
+    torch.manual_seed(0)
+    model = build_arch("ranker", depth=8, nf=8)
+    metrics = evaluate_ranker(model, RankGroups(rank_dir, "valid"), "cpu", crop=40)
+    assert 0.0 <= metrics["crop_accuracy"] <= 1.0 and "crop_accuracy" not in evaluate_ranker(
+        model, RankGroups(rank_dir, "valid"), "cpu")
+    with pytest.raises(ConfigError, match="crop"):
+        config_from_dict(RankerObjectiveConfig, {"rank_dir": str(rank_dir), "crop": 16})

@@ -58,6 +58,7 @@ def test_ranksrgan_summary_has_every_seed_and_their_mean_and_std(ranksrgan_run):
     seed0 = summary["per_seed"]["0"]["datasets"]["photos"]
     assert seed0["ranksrgan_minus_srgan"]["niqe"] == pytest.approx(seed0["ranksrgan"]["niqe"] - seed0["srgan"]["niqe"])
     assert all(math.isfinite(v) for v in summary["per_seed"]["0"]["ranker"].values() if v is not None)
+    assert 0.0 <= summary["per_seed"]["0"]["ranker"]["gan_patch_accuracy"] <= 1.0  # the rank loss's input size
     assert summary["baselines"]["bicubic"]["photos"]["psnr"] > 0
 
 

@@ -21,6 +21,7 @@ from perceptsr.reproduce.profiles import get_profile, override_profile
     ("ranker.iterations=9", ["ranker", "ranksrgan", "eval"]),
     ("rank_data.min_gap=0.5", ["rank_data", "ranker", "ranksrgan", "eval"]),
     ("gan.iterations=9", ["srgan", "rank_data", "ranker", "ranksrgan", "eval"]),
+    ("gan.patch_size=48", ["srgan", "rank_data", "ranker", "ranksrgan", "eval"]),
     ("psnr.iterations=9", ["psnr", "srgan", "rank_data", "ranker", "ranksrgan", "eval"]),
 ])
 def test_ranksrgan_ablation_reruns_what_reads_the_field_and_what_follows(text, stages):
@@ -104,3 +105,24 @@ def test_every_profile_field_is_shared_or_read_by_a_stage(experiment, module):
     reads = {r.split(".")[0] for s in module.SEED_STAGES for r in s.reads}
     fields = {f.name for f in dataclasses.fields(get_profile(experiment, "cpu"))}
     assert fields - set(COMMON_FIELDS) == reads
+
+
+def test_a_folder_started_before_a_field_existed_matches_at_its_default(tmp_path):
+    from perceptsr.reproduce.profiles import field_defaults, profile_dict
+    from perceptsr.reproduce.runner import ReproduceError, Runner
+
+    profile = get_profile("ranksrgan", "tiny")
+    settings = profile_dict(profile)
+    old = json.loads(json.dumps(settings))
+    del old["ranker"]["crop"]  # as written before RankerProfile.crop existed
+    (tmp_path / "reproduce.json").write_text(json.dumps({"format": "perceptsr-reproduce/1", "experiment": "ranksrgan",
+                                                         "profile": "tiny", "settings": old, "seeds": [0]}))
+
+    def runner(s):
+        return Runner(tmp_path, "ranksrgan", "tiny", s, [0], "test", False, defaults=field_defaults(profile))
+
+    changed = json.loads(json.dumps(settings))
+    changed["ranker"]["crop"] = 64
+    with pytest.raises(ReproduceError, match=r"ranker\.crop: None then, 64 now"):
+        runner(changed).open()
+    assert runner(settings).open()["settings"] == settings

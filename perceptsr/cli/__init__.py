@@ -9,7 +9,7 @@ import sys
 # name -> (module under perceptsr.cli, one-line description). Each module defines
 # ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "run the whole system at CPU scale on embedded sample images (no network, no data needed)"),
+    "demo": ("demo", "RankSRGAN vs SRGAN and EA-Adam vs weighted-sum Adam at demo scale, offline (no data needed)"),
     "train": ("train", "train a model from a YAML config (PSNR, GAN, RankSRGAN, Ranker, EA-Adam, fusion objectives), resumable, torchrun DDP"),
     "upscale": ("upscale", "super-resolve an image or a folder with a checkpoint (tiled, batched)"),
     "fuse": ("fuse", "EA-Adam stage C: collapse a trained fusion run into one plain network"),

@@ -39,5 +39,12 @@ def run(args: argparse.Namespace) -> int:
     except StageStopped as exc:
         print(f"perceptsr reproduce: {exc}", file=sys.stderr)
         return EXIT_STOPPED
+    import importlib
+
+    from perceptsr.reproduce import EXPERIMENTS
+    from perceptsr.reproduce.figures import table_markdown
+
+    if summary["seeds_done"]:
+        print(table_markdown(*importlib.import_module(EXPERIMENTS[args.experiment]).results_table(summary)))
     print(f"seeds finished: {summary['seeds_done']} (asked: {summary['seeds']})")
     return 0

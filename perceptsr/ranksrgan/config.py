@@ -71,6 +71,13 @@ class RankerObjectiveConfig(ObjectiveConfig):
     whatever the pair sampling (hard-pair weighting, label ties) and runs one forward call, not two.
     ``configs/paper/ranker_vgg12_niqe_release.yml`` keeps the release's ``separate`` without swap.
 
+    ``crop`` (a perceptsr extension; 0 = the release, whole patches): the rank-content loss scores
+    the generator's training patches, and a Ranker trained only on larger ones sees them out of its
+    training distribution (the release trains its generator on 296-px patches, the Ranker's size,
+    for this reason: spec, issue 2). With ``crop`` set to the generator's HR patch size the Ranker
+    trains on co-located windows of that size, labelled by the whole patches' metric, and its
+    validation adds ``crop_accuracy`` (centre windows).
+
     ``best_metric`` picks the best checkpoint: ``accuracy`` (default) is the within-location pairwise
     accuracy, the release's criterion and what the margin loss trains; the global ``srocc`` /
     ``kendall`` mostly measure how the metric varies across image content."""
@@ -83,6 +90,7 @@ class RankerObjectiveConfig(ObjectiveConfig):
     hard_pair_weight: float = 1.0  # sampling weight of the two gap levels' pair (3 = the release's 3:1:1)
     pair_forward: Literal["joint", "separate"] = "joint"  # joint = one pass over cat([x1, x2]); separate = release
     swap_order: bool = False  # swap each pair with probability 1/2; the release feeds the better level first
+    crop: int = 0  # > 0: train on the same random crop x crop window of both patches (labels: whole patches)
     train_split: str = "train"
     valid_split: str = "valid"
     val_batch_size: int = 16
@@ -94,5 +102,6 @@ class RankerObjectiveConfig(ObjectiveConfig):
         check_field(self.clamp >= 0, "clamp", self.clamp, "must be >= 0")
         check_field(self.hard_pair_weight > 0, "hard_pair_weight", self.hard_pair_weight, "must be > 0")
         check_field(self.val_batch_size >= 1, "val_batch_size", self.val_batch_size, "must be >= 1")
+        check_field(self.crop == 0 or self.crop >= 32, "crop", self.crop, "must be 0 (whole patches) or >= 32")
 
 

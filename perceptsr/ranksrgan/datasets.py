@@ -29,7 +29,7 @@ import torch
 from perceptsr.errors import ConfigError, ImageReadError
 from perceptsr.ranksrgan.rank_data import SUMMARY
 
-__all__ = ["read_rank_labels", "load_patch", "RankGroups", "RankPairDataset"]
+__all__ = ["read_rank_labels", "load_patch", "same_window", "RankGroups", "RankPairDataset"]
 
 _NAME = re.compile(r"^(\d+)_(.+)\.png$")
 RELEASE_LEVELS = ("esrgan", "srgan", "srres")  # the release's levels, best first; the first two are its gap pair
@@ -142,6 +142,16 @@ def load_patch(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(read_image(path, mode="rgb").transpose(2, 0, 1)))
 
 
+def same_window(patches, size: int, rng: np.random.Generator | None, path: Path):
+    """The same ``size`` x ``size`` window of each patch: drawn from ``rng``, or the centre one."""
+    h, w = patches[0].shape[-2:]
+    if size > min(h, w):
+        raise ConfigError(f"{path}: a {h}x{w} patch is smaller than the Ranker crop {size}")
+    top = int(rng.integers(0, h - size + 1)) if rng is not None else (h - size) // 2
+    left = int(rng.integers(0, w - size + 1)) if rng is not None else (w - size) // 2
+    return tuple(p[..., top : top + size, left : left + size] for p in patches)
+
+
 class RankPairDataset(torch.utils.data.Dataset):
     """Siamese pairs: item ``(epoch, j)`` is one pair of levels of location ``j % len``, drawn from
     ``(seed, epoch, j)``: ``{"img1", "img2"}`` (3, H, W) float32 in [0, 1], ``{"score1", "score2"}``;
@@ -152,13 +162,16 @@ class RankPairDataset(torch.utils.data.Dataset):
 
     Pairs are uniform over the location's level pairs, except that the hard pair (the two gap
     levels) is ``hard_pair_weight`` times as likely (3 gives the release's commented 3:1:1 mix).
-    No augmentation, as in the release."""
+    No augmentation, as in the release. ``crop`` > 0 cuts one random ``crop`` x ``crop`` window,
+    the same for both patches of the pair, from ``(seed, epoch, j)``; the labels stay those of the
+    whole patches (see :class:`~perceptsr.ranksrgan.config.RankerObjectiveConfig`)."""
 
     def __init__(self, root, split: str = "train", *, seed: int = 0, hard_pair_weight: float = 1.0,
-                 swap_order: bool = False):
+                 swap_order: bool = False, crop: int = 0):
         self.data = RankGroups(root, split)
         if not len(self.data):
             raise ConfigError(f"{root}: the {split} split is empty")
+        self.crop = int(crop)
         self.seed = int(seed)
         self.hard_pair_weight = float(hard_pair_weight)
         self.swap_order = bool(swap_order)
@@ -184,6 +197,9 @@ class RankPairDataset(torch.utils.data.Dataset):
         a, b = pairs[int(rng.choice(len(pairs), p=p))]  # the better level first, as the release
         if rng.random() < 0.5 and self.swap_order:
             a, b = b, a
-        return {"img1": load_patch(group[a][1]), "img2": load_patch(group[b][1]),
+        x1, x2 = load_patch(group[a][1]), load_patch(group[b][1])
+        if self.crop:
+            x1, x2 = same_window((x1, x2), self.crop, rng, group[a][1])
+        return {"img1": x1, "img2": x2,
                 "score1": torch.tensor(group[a][2], dtype=torch.float32),
                 "score2": torch.tensor(group[b][2], dtype=torch.float32)}

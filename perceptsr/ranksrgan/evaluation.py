@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from perceptsr.ranksrgan.datasets import RankGroups, load_patch
+from perceptsr.ranksrgan.datasets import RankGroups, same_window, load_patch
 
 __all__ = ["pairwise_accuracy", "rank_correlations", "location_correlations", "evaluate_ranker"]
 
@@ -77,11 +77,20 @@ def location_correlations(scores, labels, groups: Iterable[Sequence[int]]) -> di
 
 
 @torch.no_grad()
-def evaluate_ranker(model: nn.Module, data: RankGroups, device, batch_size: int = 16) -> dict[str, float]:
+def evaluate_ranker(model: nn.Module, data: RankGroups, device, batch_size: int = 16, crop: int = 0) -> dict[str, float]:
     """Score every patch of ``data`` with ``model`` in eval mode (BN running statistics) and return
     ``accuracy`` (all within-location pairs), ``hard_accuracy`` (the gap levels' pair only, NaN when
     unknown), the global ``srocc`` / ``kendall`` over all patches and the per-location
-    ``location_srocc`` / ``location_kendall``."""
+    ``location_srocc`` / ``location_kendall``. ``crop`` > 0 adds ``crop_accuracy``: the
+    within-location accuracy on the centre ``crop`` x ``crop`` window of each patch (the input size
+    the rank-content loss gives the Ranker when the generator trains on smaller patches)."""
+    out = _scores_and_metrics(model, data, device, batch_size, 0)
+    if crop:
+        out["crop_accuracy"] = _scores_and_metrics(model, data, device, batch_size, crop)["accuracy"]
+    return out
+
+
+def _scores_and_metrics(model: nn.Module, data: RankGroups, device, batch_size: int, crop: int) -> dict[str, float]:
     was_training = model.training
     model.eval()
     paths, labels, groups = [], [], []
@@ -92,7 +101,10 @@ def evaluate_ranker(model: nn.Module, data: RankGroups, device, batch_size: int 
     scores = []
     try:
         for i in range(0, len(paths), batch_size):
-            x = torch.stack([load_patch(p) for p in paths[i : i + batch_size]]).to(device)
+            patches = [load_patch(p) for p in paths[i : i + batch_size]]
+            if crop:
+                patches = [same_window((x,), crop, None, p)[0] for x, p in zip(patches, paths[i : i + batch_size])]
+            x = torch.stack(patches).to(device)
             scores.append(model(x).float().reshape(-1).cpu())
     finally:
         model.train(was_training)

@@ -59,7 +59,7 @@ class RankerObjective(Objective):
     def train_dataset(self):
         o = self.options
         return RankPairDataset(self.rank_dir, o.train_split, seed=self.cfg.seed,
-                               hard_pair_weight=o.hard_pair_weight, swap_order=o.swap_order)
+                               hard_pair_weight=o.hard_pair_weight, swap_order=o.swap_order, crop=o.crop)
 
     def optimizers(self):
         return {self.trained_network: self.optimizer}
@@ -91,7 +91,8 @@ class RankerObjective(Objective):
             self._valid = RankGroups(self.rank_dir, self.options.valid_split)
             if not len(self._valid):
                 raise ConfigError(f"{self.rank_dir}: the {self.options.valid_split} split is empty")
-        metrics = evaluate_ranker(model, self._valid, self.runtime.device, self.options.val_batch_size)
+        metrics = evaluate_ranker(model, self._valid, self.runtime.device, self.options.val_batch_size,
+                                  crop=self.options.crop)
         best = self.options.best_metric
         return {best: metrics.pop(best), **metrics}  # the best-checkpoint metric first
 

@@ -6,7 +6,7 @@ import importlib
 import os
 from pathlib import Path
 
-from perceptsr.reproduce.profiles import get_profile, profile_dict
+from perceptsr.reproduce.profiles import field_defaults, get_profile, profile_dict
 from perceptsr.reproduce.runner import Runner
 from perceptsr.reproduce.summary import SUMMARY, write_summary
 
@@ -43,7 +43,7 @@ def run_reproduce(experiment: str, profile: str, seeds: int, out: str | os.PathL
     command = command or (f"perceptsr reproduce {experiment} --profile {profile} --seeds {seeds} --out {out}"
                           + "".join(f" --ablation {a.label}" for a in asked))
     runner = Runner(Path(out), experiment, profile, profile_dict(prof), list(range(seeds)), command, progress,
-                    ablations=[a.label for a in asked])
+                    ablations=[a.label for a in asked], defaults=field_defaults(prof))
     manifest = runner.open()
     seed_list = manifest["seeds"]
     ablation_list = [parse_ablation(a) for a in manifest.get("ablations", [])]

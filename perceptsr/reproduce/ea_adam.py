@@ -42,7 +42,8 @@ from perceptsr.reproduce.graph import Ablation, SeedContext, SeedStage, seed_con
 from perceptsr.reproduce.profiles import EAAdamProfile
 from perceptsr.reproduce.runner import Runner, Stage, loop_section, train_stage
 
-__all__ = ["EA", "WS", "HV_PSNR_MARGIN", "hypervolume", "population_configs", "plan", "summarise", "write_report"]
+__all__ = ["EA", "WS", "HV_PSNR_MARGIN", "hypervolume", "population_configs", "plan", "summarise", "results_table",
+           "hypervolume_table", "write_report"]
 
 EA, WS, FUSED = "EA-Adam", "weighted-sum Adam", "EA-Adam fused"
 #: the hypervolume reference point is (bicubic PSNR - this, bicubic LPIPS) on each dataset
@@ -296,6 +297,37 @@ def summarise(runner: Runner, profile: EAAdamProfile, seeds: list[int], ablation
     }
 
 
+def results_table(body: dict) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): mean ± std over seeds of every member of both populations, the fused model
+    and the bicubic baseline, per dataset."""
+    from perceptsr.reproduce.figures import mean_pm
+
+    mean, std = body["mean"], body["std"]
+    rows = []
+    for ds, d in mean.get("datasets", {}).items():
+        sd = std["datasets"][ds]
+        models = [(f"{name} member {k.split('_')[1]}", d[key][k], sd[key][k])
+                  for key, name in (("ea_adam", EA), ("ws_adam", WS)) for k in d[key]]
+        models.append((FUSED, d["fused"], sd["fused"]))
+        models.append(("bicubic", body["baselines"]["bicubic"].get(ds) or {}, {}))
+        rows += [[ds, name] + [mean_pm(m.get(k), s.get(k), 2 if k == "psnr" else 4)
+                               for k in ("psnr", "ssim", "niqe", "lpips")] for name, m, s in models]
+    return ["dataset", "model", "PSNR (dB)", "SSIM", "NIQE", "LPIPS"], rows
+
+
+def hypervolume_table(body: dict) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): both populations' hypervolumes, the fused model's and their difference."""
+    from perceptsr.reproduce.figures import mean_pm
+
+    mean, std = body["mean"], body["std"]
+    rows = []
+    for ds, d in mean.get("datasets", {}).items():
+        h, hs = d["hypervolume"], std["datasets"][ds]["hypervolume"]
+        rows.append([ds] + [mean_pm(h.get(k), hs.get(k), 5) for k in ("ea_adam", "ws_adam", "fused", "ea_minus_ws")]
+                    + [body["ea_hypervolume_above_ws"].get(ds, "")])
+    return ["dataset", "EA-Adam", "weighted-sum Adam", "fused", "EA - WS", "EA above WS"], rows
+
+
 def write_report(runner: Runner, body: dict, path: Path) -> Path:
     """``report.html``: hypervolumes, budgets, PD planes (populations per seed, fused, sweep)."""
     from perceptsr.reproduce.figures import mean_pm, pd_figure, table_html, write_page
@@ -303,14 +335,9 @@ def write_report(runner: Runner, body: dict, path: Path) -> Path:
     stem = path.with_suffix("")
     per_seed, mean, std = body["per_seed"], body["mean"], body["std"]
     sections: list[tuple[str, str | bytes]] = []
-    rows = []
-    for ds, d in mean.get("datasets", {}).items():
-        h, hs = d["hypervolume"], std["datasets"][ds]["hypervolume"]
-        rows.append([ds] + [mean_pm(h.get(k), hs.get(k), 5) for k in ("ea_adam", "ws_adam", "fused", "ea_minus_ws")]
-                    + [body["ea_hypervolume_above_ws"].get(ds, "")])
     sections.append(("Hypervolume in the PSNR-LPIPS plane", f"<p class=\"muted\">Reference: {body['hypervolume_reference']}. "
-                     f"Seeds: {body['seeds_done']}. Mean ± sample std.</p>" + table_html(
-                         ["dataset", "EA-Adam", "weighted-sum Adam", "fused", "EA - WS", "EA above WS"], rows)))
+                     f"Seeds: {body['seeds_done']}. Mean ± sample std.</p>" + table_html(*hypervolume_table(body))))
+    sections.append(("Models", table_html(*results_table(body))))
     budget = [[name] + [mean_pm(mean.get("budget", {}).get(key, {}).get(k), None, 0)
                         for k in ("generator_steps", "fitness_evaluations", "ea_phases")]
               for key, name in (("ea_adam", EA), ("ws_adam", WS))]

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from perceptsr.checkpoint import atomic_write
 
-__all__ = ["COLORS", "pd_figure", "curve_figure", "write_page", "table_html"]
+__all__ = ["COLORS", "pd_figure", "curve_figure", "write_page", "table_html", "table_markdown"]
 
 COLORS = {"bicubic": "tab:gray", "PSNR": "black", "SRGAN": "tab:blue", "RankSRGAN": "tab:red",
           "EA-Adam": "tab:red", "weighted-sum Adam": "tab:blue", "EA-Adam fused": "tab:green",
@@ -123,6 +123,12 @@ def table_html(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"]
     out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows]
     return "\n".join(out) + "</table>"
+
+
+def table_markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The same table as :func:`table_html`, as Markdown (what the terminal and docs show)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def mean_pm(mean, std, digits: int = 4) -> str:

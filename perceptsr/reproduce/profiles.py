@@ -48,6 +48,7 @@ __all__ = [
     "RANKSRGAN_PROFILES",
     "EA_ADAM_PROFILES",
     "COMMON_FIELDS",
+    "field_defaults",
     "get_profile",
     "override_profile",
     "profile_dict",
@@ -127,6 +128,7 @@ class RankerProfile:
     nf: int = 16
     depth: int = 12
     swap_order: bool = True  # robust pair order (issue 10): the release's fixed order is unstable
+    crop: int = 0  # > 0: train on co-located crops of this size (the GAN patch size; see RankerObjectiveConfig)
     val_points: int = 3
 
 
@@ -298,16 +300,33 @@ def get_profile(experiment: str, name: str):
     return table[name]
 
 
+def field_defaults(profile) -> dict:
+    """The declared default of every field, in :func:`profile_dict`'s shape (fields without one are
+    left out). A folder started before a field existed still matches when the field is at its
+    default (:class:`perceptsr.reproduce.runner.Runner`): new fields default to the old behaviour."""
+    out = {}
+    for f in dataclasses.fields(profile):
+        value = getattr(profile, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = field_defaults(value)
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = _plain(f.default_factory())
+    return out
+
+
+def _plain(v):
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 def profile_dict(profile) -> dict:
     """The profile as plain JSON-able data (tuples become lists), as stored in ``reproduce.json``."""
-    def plain(v):
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(profile))
+    return _plain(dataclasses.asdict(profile))
 
 
 #: profile fields shared by every seed and stage (data, weights found offline, paper files): an

@@ -42,7 +42,8 @@ from perceptsr.reproduce.graph import Ablation, SeedContext, SeedStage, seed_con
 from perceptsr.reproduce.profiles import RankSRGANProfile
 from perceptsr.reproduce.runner import Runner, Stage, loop_section, train_stage
 
-__all__ = ["METHODS", "plan", "gan_configs", "ranker_config", "summarise", "write_report"]
+__all__ = ["METHODS", "plan", "gan_configs", "ranker_config", "ranker_accuracy_at", "summarise", "results_table", "ranker_table",
+           "write_report"]
 
 #: summary key -> model name in the results and report (the runs carry the same names)
 METHODS = {"psnr": "PSNR", "srgan": "SRGAN", "ranksrgan": "RankSRGAN"}
@@ -98,7 +99,7 @@ def ranker_config(profile: RankSRGANProfile, rank_dir: str, seed: int) -> dict:
         "model": {"arch": "ranker", "kwargs": {"in_nc": 3, "nf": r.nf, "depth": r.depth}},
         "data": {"train": {"batch_size": r.batch_size, "num_workers": 0, "patch_size": profile.rank_data.patch_size}},
         "objective": {"type": "ranker", "rank_dir": rank_dir, "loss": "margin", "margin": 0.5, "clamp": 5.0,
-                      "swap_order": r.swap_order, "val_batch_size": 8, "best_metric": "accuracy"},
+                      "swap_order": r.swap_order, "crop": r.crop, "val_batch_size": 8, "best_metric": "accuracy"},
         "optim": {"type": "adam", "lr": r.lr, "betas": [0.9, 0.999], "weight_decay": 1e-4},
         "schedule": {"type": "multistep", "milestones": [max(1, r.iterations * 2 // 3)], "gamma": 0.5},
         "train": loop_section(r.iterations, r.val_points),
@@ -155,8 +156,22 @@ def _rank_data(ctx: SeedContext, folder: Path) -> dict:
 
 
 def _ranker(ctx: SeedContext, folder: Path) -> dict:
-    return _train(ctx, ranker_config(ctx.profile, ctx.done("rank_data")["dataset"], ctx.seed), folder, "ranker",
-                  "Ranker")
+    """The Ranker, plus its held-out accuracy on centre crops of the GAN patch size: the input the
+    rank-content loss gives it (``gan_patch_accuracy``)."""
+    result = _train(ctx, ranker_config(ctx.profile, ctx.done("rank_data")["dataset"], ctx.seed), folder, "ranker",
+                    "Ranker")
+    gan_patch = _gan_configs(ctx)[1]["data"]["train"]["patch_size"]
+    result["gan_patch_accuracy"] = ranker_accuracy_at(result["model"], ctx.done("rank_data")["dataset"], gan_patch)
+    return result
+
+
+def ranker_accuracy_at(ranker: str, rank_dir: str, size: int) -> float:
+    """Within-location accuracy of the Ranker file on the valid split's centre ``size`` crops."""
+    from perceptsr.checkpoint import load_model
+    from perceptsr.ranksrgan import RankGroups, evaluate_ranker
+
+    model = load_model(ranker)
+    return evaluate_ranker(model, RankGroups(rank_dir, "valid"), "cpu", crop=size)["crop_accuracy"]
 
 
 def _ranksrgan(ctx: SeedContext, folder: Path) -> dict:
@@ -176,7 +191,7 @@ SEED_STAGES = [
     SeedStage("srgan", "SRGAN control from the PSNR model", _srgan, reads=("generator", "gan"), after=("psnr",)),
     SeedStage("rank_data", "rank dataset: HR / SRGAN / PSNR / bicubic patches labelled with NIQE", _rank_data,
               reads=("rank_data", "workers"), after=("psnr", "srgan")),
-    SeedStage("ranker", "Ranker on the rank dataset", _ranker, reads=("ranker",), after=("rank_data",)),
+    SeedStage("ranker", "Ranker on the rank dataset", _ranker, reads=("ranker", "gan.patch_size"), after=("rank_data",)),
     SeedStage("ranksrgan", "RankSRGAN from the same PSNR model", _ranksrgan,
               reads=("generator", "gan", "rank_weight", "rank_bn_mode"), after=("psnr", "srgan", "ranker")),
     SeedStage("eval", "evaluation (PSNR/SSIM sr-y, NIQE pirm, LPIPS)", _evaluation,
@@ -224,6 +239,7 @@ def _ranker_metrics(done: dict) -> dict:
     """The Ranker's held-out scores at its last iteration: the four required ones, then any other
     the objective logs (e.g. per-location SROCC / Kendall)."""
     val = {k.split("/", 1)[1]: v for k, v in done["val"].items() if k.startswith("val/")}
+    val["gan_patch_accuracy"] = done.get("gan_patch_accuracy")
     return {**{k: val.get(k) for k in RANKER_METRICS}, **{k: v for k, v in val.items() if k not in RANKER_METRICS}}
 
 
@@ -282,6 +298,36 @@ def summarise(runner: Runner, profile: RankSRGANProfile, seeds: list[int], ablat
     }
 
 
+def results_table(body: dict) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): mean ± std over seeds of each model and the bicubic baseline, per dataset."""
+    from perceptsr.reproduce.figures import mean_pm
+
+    mean, std = body["mean"], body["std"]
+    rows = []
+    for ds in mean.get("datasets", {}):
+        for key, name in METHODS.items():
+            m, s = mean["datasets"][ds].get(key, {}), std["datasets"][ds].get(key, {})
+            rows.append([ds, name] + [mean_pm(m.get(k), s.get(k), 2 if k == "psnr" else 4)
+                                      for k in ("psnr", "ssim", "niqe", "lpips")])
+        b = body["baselines"]["bicubic"].get(ds) or {}
+        rows.append([ds, "bicubic"] + [mean_pm(b.get(k), None, 2 if k == "psnr" else 4)
+                                       for k in ("psnr", "ssim", "niqe", "lpips")])
+    return ["dataset", "model", "PSNR (dB)", "SSIM", "NIQE", "LPIPS"], rows
+
+
+def ranker_table(body: dict) -> tuple[list[str], list[list[str]]]:
+    """(headers, one row): the Ranker's held-out scores, mean ± std over seeds."""
+    from perceptsr.reproduce.figures import mean_pm
+
+    r, rs = body["mean"].get("ranker", {}), body["std"].get("ranker", {})
+    columns = {"accuracy": "within-location accuracy", "hard_accuracy": "hard-pair accuracy", "srocc": "SROCC",
+               "kendall": "Kendall", "location_srocc": "per-location SROCC", "location_kendall": "per-location Kendall",
+               "crop_accuracy": "accuracy on crops (its training crop)",
+               "gan_patch_accuracy": "accuracy on GAN-patch-size crops"}
+    shown = [k for k in columns if k in r]
+    return [columns[k] for k in shown], [[mean_pm(r.get(k), rs.get(k), 3) for k in shown]]
+
+
 def _ablation_table(body: dict) -> str:
     """One row per plan (the profile's own, then each ablation) and dataset: RankSRGAN's metrics,
     its difference to the control, the seeds where its NIQE is lower, and the Ranker's accuracy."""
@@ -305,29 +351,15 @@ def _ablation_table(body: dict) -> str:
 
 def write_report(runner: Runner, body: dict, path: Path) -> Path:
     """``report.html``: tables, PD planes (per-seed points and means) and the validation curves."""
-    from perceptsr.reproduce.figures import curve_figure, mean_pm, pd_figure, table_html, write_page
+    from perceptsr.reproduce.figures import curve_figure, pd_figure, table_html, write_page
 
     stem = path.with_suffix("")
     sections: list[tuple[str, str | bytes]] = []
     per_seed, mean, std = body["per_seed"], body["mean"], body["std"]
     intro = (f"<p class=\"muted\">Seeds finished: {body['seeds_done']}. NIQE: {body['niqe_model']}; perceptual loss: "
              f"{body['vgg']}; LPIPS: {body['lpips']}. Mean ± sample std over seeds.</p>")
-    rows = []
-    for ds in mean.get("datasets", {}):
-        for key, name in METHODS.items():
-            m, s = mean["datasets"][ds].get(key, {}), std["datasets"][ds].get(key, {})
-            rows.append([ds, name] + [mean_pm(m.get(k), s.get(k), 2 if k == "psnr" else 4)
-                                      for k in ("psnr", "ssim", "niqe", "lpips")])
-        b = body["baselines"]["bicubic"].get(ds) or {}
-        rows.append([ds, "bicubic"] + [mean_pm(b.get(k), None, 2 if k == "psnr" else 4)
-                                       for k in ("psnr", "ssim", "niqe", "lpips")])
-    sections.append(("Results", intro + table_html(["dataset", "model", "PSNR (dB)", "SSIM", "NIQE", "LPIPS"], rows)))
-    r, rs = mean.get("ranker", {}), std.get("ranker", {})
-    columns = {"accuracy": "within-location accuracy", "hard_accuracy": "hard-pair accuracy", "srocc": "SROCC",
-               "kendall": "Kendall", "location_srocc": "per-location SROCC", "location_kendall": "per-location Kendall"}
-    shown = [k for k in columns if k in r]
-    sections.append(("Ranker on the held-out rank patches", table_html(
-        [columns[k] for k in shown], [[mean_pm(r.get(k), rs.get(k), 3) for k in shown]])))
+    sections.append(("Results", intro + table_html(*results_table(body))))
+    sections.append(("Ranker on the held-out rank patches", table_html(*ranker_table(body))))
     if body.get("ablations"):
         sections.append(("Ablations (each against the same seed's SRGAN control)", _ablation_table(body)))
     for metric in ("niqe", "lpips"):

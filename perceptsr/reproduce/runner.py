@@ -93,6 +93,7 @@ class Runner:
     command: str
     progress: bool = True
     ablations: list[str] = field(default_factory=list)  # labels asked now; the manifest keeps all
+    defaults: dict = field(default_factory=dict)  # the settings' field defaults (profiles.field_defaults)
     results: dict[str, dict] = field(default_factory=dict)
     stages: list[Stage] = field(default_factory=list)
     _bar: Any = None
@@ -114,6 +115,7 @@ class Runner:
                 old = json.loads(path.read_text(encoding="utf-8"))
             except ValueError as exc:
                 raise ReproduceError(f"{path}: not readable ({exc}); move the folder away or repair the file") from None
+            old = {**old, "settings": _with_new_fields(old.get("settings"), self.settings, self.defaults)}
             self._check(path, old)
             seeds = sorted(set(old["seeds"]) | set(self.seeds))
             if seeds != old["seeds"]:
@@ -216,6 +218,18 @@ class Runner:
         """Results of every finished stage of the plan, by key."""
         found = {s.key: self.done(s.key) for s in self.stages}
         return {k: v for k, v in found.items() if v is not None}
+
+
+def _with_new_fields(old, new, defaults):
+    """``old`` settings plus each field of ``new`` it lacks whose value is that field's default (a
+    field added since the folder was started, at the value that keeps the old behaviour)."""
+    if not (isinstance(old, dict) and isinstance(new, dict) and isinstance(defaults, dict)):
+        return old
+    out = {k: _with_new_fields(v, new.get(k), defaults.get(k)) for k, v in old.items()}
+    for k, v in new.items():
+        if k not in old and k in defaults and defaults[k] == v:
+            out[k] = v
+    return out
 
 
 def _first_difference(a, b, where: str = "") -> str:
