@@ -20,6 +20,7 @@ from perceptsr.reproduce.profiles import get_profile, override_profile
     ("rank_bn_mode=train", ["ranksrgan", "eval"]),
     ("ranker.iterations=9", ["ranker", "ranksrgan", "eval"]),
     ("rank_data.min_gap=0.5", ["rank_data", "ranker", "ranksrgan", "eval"]),
+    ("rank_data.levels=hr:srgan:psnr", ["rank_data", "ranker", "ranksrgan", "eval"]),
     ("gan.iterations=9", ["srgan", "rank_data", "ranker", "ranksrgan", "eval"]),
     ("gan.patch_size=48", ["srgan", "rank_data", "ranker", "ranksrgan", "eval"]),
     ("psnr.iterations=9", ["psnr", "srgan", "rank_data", "ranker", "ranksrgan", "eval"]),
@@ -51,6 +52,11 @@ def test_overrides_are_typed_and_bad_ones_are_refused_in_one_line():
         override_profile(p, {"data.train": "x"})
     with pytest.raises(ConfigError, match=r"ranker.iterations=x: not a int"):
         override_profile(p, {"ranker.iterations": "x"})
+    assert override_profile(p, {"rank_data.levels": "hr:srgan:psnr"}).rank_data.levels == ("hr", "srgan", "psnr")
+    with pytest.raises(ConfigError, match=r"rank_data.levels \['hr', 'srgan'\] lacks psnr"):
+        override_profile(p, {"rank_data.levels": "hr:srgan"})  # the cpu profile's gap pair is srgan / psnr
+    with pytest.raises(ConfigError, match="two or more distinct names of hr, srgan, psnr, bicubic"):
+        override_profile(p, {"rank_data.levels": "hr:esrgan:srgan:psnr"})
     with pytest.raises(ConfigError, match="'a' is not KEY=VALUE"):
         parse_ablation("rank_weight=1,a")
     with pytest.raises(ConfigError, match="letters, digits"):

@@ -40,6 +40,7 @@ __all__ = [
     "GeneratorProfile",
     "TrainStage",
     "GANStage",
+    "RANK_LEVELS",
     "RankDataProfile",
     "RankerProfile",
     "RankSRGANProfile",
@@ -103,10 +104,17 @@ class GANStage(TrainStage):
     halve_at: tuple[float, ...] = (0.5,)  # learning rate halved at these fractions of the run
 
 
+#: the rank-data levels a reproduction can make, best first: the training HR images, the seed's SRGAN
+#: control and PSNR model on the training LR, and MATLAB bicubic of the LR
+RANK_LEVELS = ("hr", "srgan", "psnr", "bicubic")
+
+
 @dataclass(frozen=True)
 class RankDataProfile:
-    """Rank dataset (:class:`perceptsr.ranksrgan.RankDataOptions`) with levels HR > SRGAN > PSNR > bicubic."""
+    """Rank dataset (:class:`perceptsr.ranksrgan.RankDataOptions`) with levels HR > SRGAN > PSNR > bicubic
+    (``levels``: a subset of :data:`RANK_LEVELS`, holding ``texture_level`` and ``gap_levels``)."""
 
+    levels: tuple[str, ...] = RANK_LEVELS
     patch_size: int = 200
     stride: int = 100
     max_patches: int = 24
@@ -116,6 +124,16 @@ class RankDataProfile:
     texture_level: str = "hr"
     gap_levels: tuple[str, str] = ("srgan", "bicubic")
     min_gap: float = 0.1
+
+    def __post_init__(self):
+        unknown = [lv for lv in self.levels if lv not in RANK_LEVELS]
+        if unknown or len(set(self.levels)) != len(self.levels) or len(self.levels) < 2:
+            raise ConfigError(f"rank_data.levels {list(self.levels)}: two or more distinct names of "
+                              f"{', '.join(RANK_LEVELS)}")
+        missing = [lv for lv in (self.texture_level, *self.gap_levels) if lv not in self.levels]
+        if missing:
+            raise ConfigError(f"rank_data.levels {list(self.levels)} lacks {', '.join(missing)} (the texture or gap "
+                              f"levels)")
 
 
 @dataclass(frozen=True)

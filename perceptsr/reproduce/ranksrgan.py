@@ -206,15 +206,17 @@ def plan(runner: Runner, profile: RankSRGANProfile, seeds: list[int], ablations:
 
 def build_levels(profile: RankSRGANProfile, data: dict, assets: dict, srgan_model: str, psnr_model: str,
                  folder: Path, seed: int, runner: Runner) -> dict:
-    """The seed's rank dataset: levels HR (the training images) > SRGAN > PSNR > bicubic, each SR level
-    made from the training LR, labelled with the run's NIQE; returns its counts and label consistency."""
+    """The seed's rank dataset: the profile's levels of HR (the training images) > SRGAN > PSNR > bicubic,
+    each SR level made from the training LR, labelled with the run's NIQE; returns its counts and
+    label consistency."""
     from perceptsr.ranksrgan import RankDataOptions, RankLevel, build_rank_dataset, prepare_level
 
     r = profile.rank_data
     lr_dir = data["train_lr"]
-    levels = [RankLevel("hr", data["train_hr"], hr=True)]
-    levels += [prepare_level(name, source, lr_dir, folder, scale=SCALE, progress=runner.progress)
-               for name, source in (("srgan", srgan_model), ("psnr", psnr_model), ("bicubic", "bicubic"))]
+    sources = {"srgan": srgan_model, "psnr": psnr_model, "bicubic": "bicubic"}
+    levels = [RankLevel("hr", data["train_hr"], hr=True) if name == "hr" else
+              prepare_level(name, sources[name], lr_dir, folder, scale=SCALE, progress=runner.progress)
+              for name in r.levels]
     options = RankDataOptions(patch_size=r.patch_size, stride=r.stride, max_patches=r.max_patches,
                               valid_fraction=r.valid_fraction, split_by=r.split_by,
                               texture_threshold=r.texture_threshold, texture_level=r.texture_level,
