@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# the demo uses the official NIQE parameters, VGG19 and LPIPS weights when ../shared/assets is beside the
+# checkout (set PERCEPTSR_ASSETS to use another folder); without them it fits NIQE and says so
+PERCEPTSR_ASSETS ?= $(wildcard $(CURDIR)/../shared/assets)
 
 .PHONY: install install-test demo test clean
 
@@ -22,7 +25,7 @@ install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 
 demo: install
-	$(BIN)/perceptsr demo --out demo_out
+	PERCEPTSR_ASSETS="$(PERCEPTSR_ASSETS)" $(BIN)/perceptsr demo --out demo_out
 
 test: install-test
 	$(BIN)/python -m pytest -n 2 -q

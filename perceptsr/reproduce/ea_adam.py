@@ -333,7 +333,7 @@ def write_report(runner: Runner, body: dict, path: Path) -> Path:
     from perceptsr.reproduce.figures import mean_pm, pd_figure, table_html, write_page
 
     stem = path.with_suffix("")
-    per_seed, mean, std = body["per_seed"], body["mean"], body["std"]
+    per_seed, mean = body["per_seed"], body["mean"]
     sections: list[tuple[str, str | bytes]] = []
     sections.append(("Hypervolume in the PSNR-LPIPS plane", f"<p class=\"muted\">Reference: {body['hypervolume_reference']}. "
                      f"Seeds: {body['seeds_done']}. Mean ± sample std.</p>" + table_html(*hypervolume_table(body))))

@@ -357,7 +357,7 @@ def write_report(runner: Runner, body: dict, path: Path) -> Path:
 
     stem = path.with_suffix("")
     sections: list[tuple[str, str | bytes]] = []
-    per_seed, mean, std = body["per_seed"], body["mean"], body["std"]
+    per_seed, mean = body["per_seed"], body["mean"]
     intro = (f"<p class=\"muted\">Seeds finished: {body['seeds_done']}. NIQE: {body['niqe_model']}; perceptual loss: "
              f"{body['vgg']}; LPIPS: {body['lpips']}. Mean ± sample std over seeds.</p>")
     sections.append(("Results", intro + table_html(*results_table(body))))
