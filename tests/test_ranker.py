@@ -282,6 +282,33 @@ def test_rank_content_loss_sees_batch_quality_only_in_eval_mode(rank_dir, toy_ra
     assert max(train_mode) - min(train_mode) < 0.1 * spread, (train_mode, eval_mode)
 
 
+def test_hr_floor_stops_rewarding_outputs_the_ranker_scores_past_their_hr(rank_dir, toy_ranker):
+    """``floor: hr``: sigmoid(max(R(SR), R(HR))): no gradient where SR already scores as well as its HR."""
+    valid = RankGroups(rank_dir, "valid")
+    sharp = torch.stack([load_patch(p) for g in valid.groups for lv, p, _ in g if lv == "sharp"][:4])
+    blurry = torch.stack([load_patch(p) for g in valid.groups for lv, p, _ in g if lv == "blurry"][:4])
+    ranker = copy.deepcopy(toy_ranker).eval()
+    with torch.no_grad():
+        assert (ranker(sharp) < ranker(blurry)).all()  # the toy Ranker orders these
+    loss = RankContentLoss(copy.deepcopy(toy_ranker), weight=1.0, floor="hr")
+    plain = RankContentLoss(copy.deepcopy(toy_ranker), weight=1.0)
+    x = torch.cat([sharp, blurry]).requires_grad_(True)
+    hr = torch.cat([blurry, sharp])  # the first four SR images already beat their "HR", the last four do not
+    value = loss(x, hr)
+    (grad,) = torch.autograd.grad(value, x)
+    with torch.no_grad():
+        expected = torch.sigmoid(torch.maximum(ranker(x), ranker(hr))).sum()
+    assert float(value) == pytest.approx(float(expected), rel=1e-6)
+    assert grad[:4].abs().max() == 0 and grad[4:].abs().max() > 0
+    assert float(plain(x)) < float(value)  # without the floor the first four still earn a reward
+    with pytest.raises(ValueError, match="needs the HR batch"):
+        loss(x)
+    with pytest.raises(ConfigError, match="floor 'hr' needs bn_mode 'eval'"):
+        RankContentLoss(copy.deepcopy(toy_ranker), floor="hr", bn_mode="train")
+    with pytest.raises(ConfigError, match="floor"):
+        config_from_dict(RankContentConfig, {"checkpoint": "r.safetensors", "floor": "hr", "bn_mode": "train"})
+
+
 def test_location_correlations_and_the_default_best_metric():
     assert RankerObjectiveConfig().best_metric == "accuracy"
     # labels that differ mostly with content (location); a Ranker that follows the content but

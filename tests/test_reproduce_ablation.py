@@ -18,6 +18,7 @@ from perceptsr.reproduce.profiles import get_profile, override_profile
 @pytest.mark.parametrize("text, stages", [
     ("rank_weight=0.01", ["ranksrgan", "eval"]),
     ("rank_bn_mode=train", ["ranksrgan", "eval"]),
+    ("rank_floor=hr", ["ranksrgan", "eval"]),
     ("ranker.iterations=9", ["ranker", "ranksrgan", "eval"]),
     ("rank_data.min_gap=0.5", ["rank_data", "ranker", "ranksrgan", "eval"]),
     ("rank_data.levels=hr:srgan:psnr", ["rank_data", "ranker", "ranksrgan", "eval"]),

@@ -23,11 +23,14 @@ class RankContentConfig:
     weight: float = 0.03
     bias: float = 0.0  # the original's R_bias
     bn_mode: Literal["train", "eval"] = "eval"  # train = batch statistics, as the original
+    floor: Literal["none", "hr"] = "none"  # hr: no reward past the HR image's score (perceptsr extension)
     arch: Optional[str] = None  # null = from the file's metadata or key names
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         check_field(self.weight >= 0, "weight", self.weight, "must be >= 0")
+        check_field(self.floor == "none" or self.bn_mode == "eval", "floor", self.floor,
+                    "needs bn_mode 'eval' (train-mode BatchNorm makes SR and HR scores incomparable)")
 
 
 @ObjectiveConfig.register("ranksrgan")

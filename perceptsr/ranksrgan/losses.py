@@ -31,9 +31,10 @@ from torch.nn import functional as F
 
 from perceptsr.errors import ConfigError
 
-__all__ = ["BN_MODES", "RankContentLoss", "ranking_loss", "regression_loss"]
+__all__ = ["BN_MODES", "FLOORS", "RankContentLoss", "ranking_loss", "regression_loss"]
 
 BN_MODES = ("train", "eval")
+FLOORS = ("none", "hr")
 
 
 def ranking_loss(s1: torch.Tensor, s2: torch.Tensor, label1: torch.Tensor, label2: torch.Tensor, *,
@@ -68,6 +69,13 @@ class RankContentLoss(nn.Module):
         bias: subtracted from the score before the sigmoid (RankSRGAN's ``R_bias``, 0).
         bn_mode: ``"eval"`` (running statistics, the default) or ``"train"`` (batch statistics, the
             original's behaviour).
+        floor: ``"none"`` (the original) or ``"hr"``, a perceptsr extension: each SR image's score is
+            floored at its HR image's score, ``sigmoid(max(R(SR_b), R(HR_b)) - bias)``, so the term
+            stops rewarding an output once the Ranker ranks it as its ground truth. A Ranker trained
+            on few patches can be driven far past every real image's score by patterns it never saw
+            (issue 10: at the cpu profile the generator took R(SR) from 0.28 to about -3 in 160
+            iterations while HR patches score -0.09, and the discriminator then won outright).
+            Needs ``bn_mode="eval"`` (in train mode the two batches' scores are not comparable).
         arch, arch_kwargs: override the architecture stored in / detected from the file.
     """
 
@@ -79,10 +87,16 @@ class RankContentLoss(nn.Module):
         bn_mode: str = "eval",
         arch: str | None = None,
         arch_kwargs: Mapping[str, Any] | None = None,
+        floor: str = "none",
     ) -> None:
         super().__init__()
         if bn_mode not in BN_MODES:
             raise ConfigError(f"rank-content loss: bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+        if floor not in FLOORS:
+            raise ConfigError(f"rank-content loss: floor must be one of {FLOORS}, got {floor!r}")
+        if floor == "hr" and bn_mode != "eval":
+            raise ConfigError("rank-content loss: floor 'hr' needs bn_mode 'eval' (train-mode BatchNorm scores the SR "
+                              "and HR batches by their own statistics, so the two scores are not comparable)")
         if not isinstance(ranker, nn.Module):
             from perceptsr.archs import get_arch
             from perceptsr.checkpoint import load_model
@@ -100,6 +114,7 @@ class RankContentLoss(nn.Module):
         self.weight = float(weight)
         self.bias = float(bias)
         self.bn_mode = bn_mode
+        self.floor = floor
         self.train()
 
     def train(self, mode: bool = True) -> RankContentLoss:
@@ -108,7 +123,14 @@ class RankContentLoss(nn.Module):
         self.ranker.train(self.bn_mode == "train")
         return self
 
-    def forward(self, sr: torch.Tensor) -> torch.Tensor:
-        """Scalar loss for a batch of SR images ``(N, 3, H, W)``, RGB in [0, 1]."""
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar loss for a batch of SR images ``(N, 3, H, W)``, RGB in [0, 1] (``hr``, the same
+        shape, is needed with ``floor="hr"``)."""
         scores = self.ranker(sr).float().reshape(sr.shape[0], -1)
+        if self.floor == "hr":
+            if hr is None:
+                raise ValueError("rank-content loss with floor 'hr' needs the HR batch")
+            with torch.no_grad():
+                reference = self.ranker(hr).float().reshape(hr.shape[0], -1)
+            scores = torch.maximum(scores, reference)
         return self.weight * torch.sigmoid(scores - self.bias).sum()

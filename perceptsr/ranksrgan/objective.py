@@ -108,8 +108,8 @@ class RankSRGANObjective(GANObjective):
         if r.weight > 0:
             self.rank = self.runtime.prepare_module(RankContentLoss(
                 r.checkpoint, weight=r.weight, bias=r.bias, bn_mode=r.bn_mode, arch=r.arch,
-                arch_kwargs=r.arch_kwargs,
+                arch_kwargs=r.arch_kwargs, floor=r.floor,
             ))
 
     def extra_terms(self, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {} if self.rank is None else {"g_rank": self.rank(sr)}
+        return {} if self.rank is None else {"g_rank": self.rank(sr, hr)}

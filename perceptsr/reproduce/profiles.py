@@ -165,6 +165,7 @@ class RankSRGANProfile:
     ranker: RankerProfile = field(default_factory=RankerProfile)
     rank_weight: float = 0.03
     rank_bn_mode: str = "eval"  # running statistics: the term then sees quality (issue 10)
+    rank_floor: str = "none"  # "hr": no reward past the HR patch's score (RankContentLoss.floor)
     vgg: str = "auto"  # "auto" = ImageNet VGG19 when found offline (torchvision, else Caffe), "random"
     workers: int = 2  # rank-data label processes
     paper_configs: Optional[dict[str, str]] = None  # paper: stage -> configs/paper YAML

@@ -55,7 +55,8 @@ def gan_configs(profile: RankSRGANProfile, data: dict, assets: dict, seed: int, 
     """(SRGAN control, RankSRGAN) configs: identical except ``objective.type`` and ``objective.rank``.
 
     ``ranker`` may be None before the Ranker exists (the RankSRGAN config is then incomplete)."""
-    rank = {"checkpoint": ranker, "weight": profile.rank_weight, "bn_mode": profile.rank_bn_mode}
+    rank = {"checkpoint": ranker, "weight": profile.rank_weight, "bn_mode": profile.rank_bn_mode,
+            "floor": profile.rank_floor}
     paper = paper_config(profile, "ranksrgan")
     if paper is not None:
         base = copy.deepcopy(paper)
@@ -193,7 +194,7 @@ SEED_STAGES = [
               reads=("rank_data", "workers"), after=("psnr", "srgan")),
     SeedStage("ranker", "Ranker on the rank dataset", _ranker, reads=("ranker", "gan.patch_size"), after=("rank_data",)),
     SeedStage("ranksrgan", "RankSRGAN from the same PSNR model", _ranksrgan,
-              reads=("generator", "gan", "rank_weight", "rank_bn_mode"), after=("psnr", "srgan", "ranker")),
+              reads=("generator", "gan", "rank_weight", "rank_bn_mode", "rank_floor"), after=("psnr", "srgan", "ranker")),
     SeedStage("eval", "evaluation (PSNR/SSIM sr-y, NIQE pirm, LPIPS)", _evaluation,
               after=("psnr", "srgan", "ranksrgan")),
 ]
