@@ -266,8 +266,9 @@ def toy_ranker(rank_dir):
 
 def test_rank_content_loss_sees_batch_quality_only_in_eval_mode(rank_dir, toy_ranker):
     # issue 10: in train mode BatchNorm normalises a batch of one quality level by its own statistics,
-    # so all-sharp, all-soft and all-blurry batches get nearly the same loss; eval mode orders them
-    assert RankContentConfig(checkpoint="r.safetensors").bn_mode == "eval"
+    # so all-sharp, all-soft and all-blurry batches get nearly the same loss; eval mode orders them.
+    # The default is still train mode (the release's): eval mode diverged at the cpu profile (losses.py)
+    assert RankContentConfig(checkpoint="r.safetensors").bn_mode == "train"
     valid = RankGroups(rank_dir, "valid")
     batches = {level: torch.stack([load_patch(p) for g in valid.groups for lv, p, _ in g if lv == level][:8])
                for level in BLURS}
@@ -275,7 +276,7 @@ def test_rank_content_loss_sees_batch_quality_only_in_eval_mode(rank_dir, toy_ra
     def per_image(**kw) -> list[float]:
         return [float(RankContentLoss(copy.deepcopy(toy_ranker), weight=1.0, **kw)(batches[lv])) / 8 for lv in BLURS]
 
-    eval_mode, train_mode = per_image(), per_image(bn_mode="train")
+    eval_mode, train_mode = per_image(bn_mode="eval"), per_image()
     assert eval_mode[0] < eval_mode[1] < eval_mode[2], eval_mode  # sharp < soft < blurry
     spread = eval_mode[2] - eval_mode[0]
     assert spread > 0.05, eval_mode
@@ -290,8 +291,8 @@ def test_hr_floor_stops_rewarding_outputs_the_ranker_scores_past_their_hr(rank_d
     ranker = copy.deepcopy(toy_ranker).eval()
     with torch.no_grad():
         assert (ranker(sharp) < ranker(blurry)).all()  # the toy Ranker orders these
-    loss = RankContentLoss(copy.deepcopy(toy_ranker), weight=1.0, floor="hr")
-    plain = RankContentLoss(copy.deepcopy(toy_ranker), weight=1.0)
+    loss = RankContentLoss(copy.deepcopy(toy_ranker), weight=1.0, floor="hr", bn_mode="eval")
+    plain = RankContentLoss(copy.deepcopy(toy_ranker), weight=1.0, bn_mode="eval")
     x = torch.cat([sharp, blurry]).requires_grad_(True)
     hr = torch.cat([blurry, sharp])  # the first four SR images already beat their "HR", the last four do not
     value = loss(x, hr)
@@ -304,7 +305,7 @@ def test_hr_floor_stops_rewarding_outputs_the_ranker_scores_past_their_hr(rank_d
     with pytest.raises(ValueError, match="needs the HR batch"):
         loss(x)
     with pytest.raises(ConfigError, match="floor 'hr' needs bn_mode 'eval'"):
-        RankContentLoss(copy.deepcopy(toy_ranker), floor="hr", bn_mode="train")
+        RankContentLoss(copy.deepcopy(toy_ranker), floor="hr")  # the default bn_mode is train
     with pytest.raises(ConfigError, match="floor"):
         config_from_dict(RankContentConfig, {"checkpoint": "r.safetensors", "floor": "hr", "bn_mode": "train"})
 

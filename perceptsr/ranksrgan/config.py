@@ -12,17 +12,17 @@ from perceptsr.config import GANObjectiveConfig, ModelConfig, ObjectiveConfig, c
 class RankContentConfig:
     """RankSRGAN's rank-content loss ``weight * sum_batch sigmoid(R(SR) - bias)`` with a frozen Ranker.
 
-    ``bn_mode``: ``eval`` (default) runs the Ranker's BatchNorm on its running statistics, so the
-    score of an SR image does not depend on the rest of its batch. ``train`` is the release's
-    behaviour (it never calls ``eval()`` on the Ranker): BatchNorm normalises by the SR batch's own
-    statistics, which cancels what the batch's images share, so a uniformly better batch is not
-    scored better (issue 10, measured in :mod:`perceptsr.ranksrgan.losses`); only
-    ``configs/paper/ranksrgan_x4_niqe_release.yml`` keeps it, for fidelity to the released models."""
+    ``bn_mode``: ``train`` (default, the release's behaviour: it never calls ``eval()`` on the
+    Ranker) normalises by the SR batch's own statistics; ``eval`` uses the running statistics. See
+    :class:`~perceptsr.ranksrgan.losses.RankContentLoss` for the measured trade-off: eval mode lets
+    the term see a uniformly better batch, and lets the generator drive a small Ranker past every
+    real image with a pattern added to all outputs (issue 10: it diverged at the cpu profile).
+    ``floor: hr`` (eval mode only) gives no reward past the HR image's score."""
 
     checkpoint: str  # a Ranker file (native, mmsr or old ``features.N`` layout)
     weight: float = 0.03
     bias: float = 0.0  # the original's R_bias
-    bn_mode: Literal["train", "eval"] = "eval"  # train = batch statistics, as the original
+    bn_mode: Literal["train", "eval"] = "train"  # train = batch statistics, as the original
     floor: Literal["none", "hr"] = "none"  # hr: no reward past the HR image's score (perceptsr extension)
     arch: Optional[str] = None  # null = from the file's metadata or key names
     arch_kwargs: dict[str, Any] = field(default_factory=dict)

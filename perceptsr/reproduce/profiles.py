@@ -164,7 +164,7 @@ class RankSRGANProfile:
     rank_data: RankDataProfile = field(default_factory=RankDataProfile)
     ranker: RankerProfile = field(default_factory=RankerProfile)
     rank_weight: float = 0.03
-    rank_bn_mode: str = "eval"  # running statistics: the term then sees quality (issue 10)
+    rank_bn_mode: str = "train"  # batch statistics, the release's: eval mode diverged at cpu scale (issue 10)
     rank_floor: str = "none"  # "hr": no reward past the HR patch's score (RankContentLoss.floor)
     vgg: str = "auto"  # "auto" = ImageNet VGG19 when found offline (torchvision, else Caffe), "random"
     workers: int = 2  # rank-data label processes
