@@ -84,13 +84,6 @@ def evaluate_ranker(model: nn.Module, data: RankGroups, device, batch_size: int 
     ``location_srocc`` / ``location_kendall``. ``crop`` > 0 adds ``crop_accuracy``: the
     within-location accuracy on the centre ``crop`` x ``crop`` window of each patch (the input size
     the rank-content loss gives the Ranker when the generator trains on smaller patches)."""
-    out = _scores_and_metrics(model, data, device, batch_size, 0)
-    if crop:
-        out["crop_accuracy"] = _scores_and_metrics(model, data, device, batch_size, crop)["accuracy"]
-    return out
-
-
-def _scores_and_metrics(model: nn.Module, data: RankGroups, device, batch_size: int, crop: int) -> dict[str, float]:
     was_training = model.training
     model.eval()
     paths, labels, groups = [], [], []
@@ -98,14 +91,15 @@ def _scores_and_metrics(model: nn.Module, data: RankGroups, device, batch_size: 
         groups.append(list(range(len(paths), len(paths) + len(group))))
         paths += [p for _, p, _ in group]
         labels += [score for _, _, score in group]
-    scores = []
+    scores, crop_scores = [], []
     try:
         for i in range(0, len(paths), batch_size):
-            patches = [load_patch(p) for p in paths[i : i + batch_size]]
+            names = paths[i : i + batch_size]
+            patches = [load_patch(p) for p in names]  # each file read once, for both sizes
+            scores.append(model(torch.stack(patches).to(device)).float().reshape(-1).cpu())
             if crop:
-                patches = [same_window((x,), crop, None, p)[0] for x, p in zip(patches, paths[i : i + batch_size])]
-            x = torch.stack(patches).to(device)
-            scores.append(model(x).float().reshape(-1).cpu())
+                windows = [same_window((x,), crop, None, p)[0] for x, p in zip(patches, names)]
+                crop_scores.append(model(torch.stack(windows).to(device)).float().reshape(-1).cpu())
     finally:
         model.train(was_training)
     s = torch.cat(scores).numpy() if scores else np.zeros(0)
@@ -117,4 +111,7 @@ def _scores_and_metrics(model: nn.Module, data: RankGroups, device, batch_size: 
         if len(members) == 2:
             hard_groups.append([idx[k] for k in members])
     out["hard_accuracy"] = pairwise_accuracy(s, labels, hard_groups) if hard_groups else math.nan
+    if crop:
+        out["crop_accuracy"] = pairwise_accuracy(torch.cat(crop_scores).numpy() if crop_scores else np.zeros(0),
+                                                 labels, groups)
     return {**out, **rank_correlations(s, labels), **location_correlations(s, labels, groups)}
